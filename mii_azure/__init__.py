@@ -1,0 +1,48 @@
+"""mii_azure: DeepSpeed-Inference optimized model serving on Azure ML, tested locally first.
+
+The public API is what ``__all__`` lists; everything else is internal.
+"""
+
+from .config import ServingSettings
+from .errors import (
+    BadRequestError,
+    ConfigError,
+    InvalidModelError,
+    MiiAzureError,
+    MissingDependencyError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    RequestError,
+    RequestTimeoutError,
+    ScoringError,
+    ServiceUnavailableError,
+    TaskMismatchError,
+)
+from .models import TASKS, ModelFacts, ModelRef, ModelSource, resolve_model, resolve_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "TASKS",
+    "ModelFacts",
+    "ModelRef",
+    "ModelSource",
+    "ServingSettings",
+    "resolve_model",
+    "resolve_task",
+    "MiiAzureError",
+    "ConfigError",
+    "TaskMismatchError",
+    "ModelNotFoundError",
+    "InvalidModelError",
+    "ModelLoadError",
+    "MissingDependencyError",
+    "RequestError",
+    "BadRequestError",
+    "PayloadTooLargeError",
+    "ServiceUnavailableError",
+    "RequestTimeoutError",
+    "ScoringError",
+]

@@ -1,0 +1,71 @@
+"""Settings models shared by the SDK and the serving runtime.
+
+Pure pydantic: this module imports neither torch nor azure, so planning and packaging tools can
+use it on any machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+__all__ = ["ServingSettings", "SETTINGS_ENV_PREFIX"]
+
+SETTINGS_ENV_PREFIX = "MII_AZURE_"
+
+
+class ServingSettings(BaseModel):
+    """Limits and defaults of one deployment's scoring endpoint.
+
+    Every field can also be set through an environment variable named ``MII_AZURE_<FIELD>`` in upper
+    case (``MII_AZURE_MAX_INPUTS_PER_REQUEST=8``), which is how a deployment passes them to the
+    scoring script.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployment_name: Optional[str] = Field(
+        None, description="Name reported in every response; defaults to the model folder's name."
+    )
+    task: Optional[str] = Field(None, description="Task override; inferred from the model when unset.")
+    max_inputs_per_request: int = Field(32, ge=1, le=4096, description="Most inputs one request may carry.")
+    max_input_tokens: Optional[int] = Field(
+        None, ge=1, description="Longest input in tokens; defaults to what the model itself accepts."
+    )
+    max_new_tokens_limit: int = Field(2048, ge=1, description="Largest max_new_tokens a request may ask for.")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    max_image_side: int = Field(1024, ge=8, description="Largest height or width of a generated image.")
+    request_timeout_s: float = Field(120.0, gt=0, description="A request running longer gets a 504.")
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "ServingSettings":
+        """Settings from ``MII_AZURE_*`` variables, with ``overrides`` taking precedence."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in cls.model_fields:
+            variable = SETTINGS_ENV_PREFIX + field.upper()
+            if variable in environ and environ[variable] != "":
+                values[field] = _parse_env_value(environ[variable])
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{SETTINGS_ENV_PREFIX}{'.'.join(map(str, err['loc'])).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"Invalid serving settings: {problems}.", problems=problems) from None
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are JSON where they parse as JSON (numbers, booleans), else plain strings."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw

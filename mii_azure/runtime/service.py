@@ -1,0 +1,168 @@
+"""The scoring service: the one door into the model, for Azure ML's ``run()`` and the local harness.
+
+It turns a request body into the response object of DESIGN.md section 3, and every failure into the
+contract's status code and JSON error body. Nothing here knows about Flask or gRPC.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ..config import ServingSettings
+from ..errors import (
+    BadRequestError,
+    ConfigError,
+    PayloadTooLargeError,
+    RequestError,
+    ScoringError,
+    ServiceUnavailableError,
+)
+from ..tasks.base import Deadline, LoadOptions
+from .engine import Engine
+
+__all__ = ["ScoringService", "HttpReply", "configure_logging", "not_ready_reply", "error_reply", "MODEL_DIR_ENV"]
+
+logger = logging.getLogger(__name__)
+
+#: Where Azure ML (and ``azmlinfsrv --model_dir``) puts the model.
+MODEL_DIR_ENV = "AZUREML_MODEL_DIR"
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    """Status, JSON body and extra headers of one ``/score`` answer."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ScoringService:
+    """Validates requests, runs them on the engine and shapes the answers."""
+
+    def __init__(self, engine: Engine, *, name: Optional[str] = None) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.task_cls = type(engine.task)
+        self.name = name or self.settings.deployment_name or engine.facts.name
+
+    @classmethod
+    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "ScoringService":
+        """Load the model named by ``AZUREML_MODEL_DIR`` with ``MII_AZURE_*`` settings."""
+        environ = os.environ if environ is None else environ
+        model_dir = environ.get(MODEL_DIR_ENV)
+        if not model_dir:
+            raise ConfigError(
+                f"{MODEL_DIR_ENV} is not set, so there is no model to serve. Start the server with "
+                "--model_dir <folder> (azmlinfsrv) or register the model with the deployment (Azure ML).",
+                variable=MODEL_DIR_ENV,
+            )
+        settings = ServingSettings.from_env(environ)
+        return cls(Engine.load(Path(model_dir), settings=settings, options=LoadOptions()))
+
+    # --- the JSON contract -----------------------------------------------------------------
+    def score(self, payload: Any) -> dict[str, Any]:
+        """Answer a decoded JSON request; raises a RequestError for a request that fails."""
+        started = time.perf_counter()
+        request = self.task_cls.parse_request(payload, self.settings)
+        deadline = Deadline(self.settings.request_timeout_s)
+        model_started = time.perf_counter()
+        responses = self.engine.infer(request, deadline)
+        finished = time.perf_counter()
+        return {
+            "responses": responses,
+            "task": self.task_cls.name,
+            "model": self.name,
+            "timing": {
+                "total_ms": round((finished - started) * 1000, 3),
+                "model_ms": round((finished - model_started) * 1000, 3),
+            },
+        }
+
+    # --- HTTP ------------------------------------------------------------------------------
+    def handle_http(
+        self, method: str, read_body: Callable[[int], bytes], content_length: Optional[int]
+    ) -> HttpReply:
+        """Answer one HTTP request to ``/score``; never raises.
+
+        ``read_body(n)`` returns at most ``n`` bytes of the body, so an oversized body without a
+        Content-Length is refused without being read whole.
+        """
+        try:
+            if method != "POST":
+                raise BadRequestError(
+                    f"/score answers POST requests with a JSON body such as {self.task_cls.example_request()}; "
+                    f"got {method}."
+                )
+            limit = self.settings.max_body_bytes
+            if content_length is not None and content_length > limit:
+                raise _body_too_large(content_length, limit)
+            body = read_body(limit + 1)
+            if len(body) > limit:
+                raise _body_too_large(len(body), limit)
+            return HttpReply(200, self.score(decode_json_body(body)))
+        except RequestError as exc:
+            return error_reply(exc)
+        except Exception as exc:  # the contract: a 500 that says what failed, never a stack trace
+            logger.exception("Scoring failed")
+            return error_reply(ScoringError(f"Scoring failed: {type(exc).__name__}: {exc}"))
+
+
+def decode_json_body(body: bytes) -> Any:
+    """Decode a request body as UTF-8 JSON; BadRequestError says what is wrong with it."""
+    if not body.strip():
+        raise BadRequestError('The request body is empty; send a JSON object such as {"query": "some text"}.')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(
+            f"The request body is not valid UTF-8 (byte {exc.start} cannot be decoded); send UTF-8 encoded JSON."
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(
+            f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+        ) from None
+
+
+def error_reply(error: RequestError) -> HttpReply:
+    """The contract's error answer for ``error``."""
+    headers = {}
+    if isinstance(error, ServiceUnavailableError):
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return HttpReply(error.status, error.to_body(), headers)
+
+
+def not_ready_reply() -> HttpReply:
+    """The answer while the model is still loading."""
+    return error_reply(ServiceUnavailableError("The model is still loading; retry in a few seconds.", retry_after=5))
+
+
+def _body_too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The request body is {size} bytes; this deployment accepts at most {limit} bytes. "
+        "Send fewer or shorter inputs per request.",
+        size=size,
+        limit=limit,
+    )
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send mii_azure's log records to stdout, as the inference server does with its own."""
+    package_logger = logging.getLogger("mii_azure")
+    if package_logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s [%(process)d] %(name)s - %(message)s"))
+    package_logger.addHandler(handler)
+    package_logger.setLevel(level)
+    package_logger.propagate = False

@@ -1,0 +1,37 @@
+"""Azure ML scoring script of mii_azure: ``init()`` loads the model once, ``run()`` answers ``/score``.
+
+The same file serves on Azure ML managed online endpoints, under ``azmlinfsrv`` and in the local
+harness. It stays thin: everything it does lives in ``mii_azure.runtime``. When a mii_azure package
+ships a snapshot of the runtime beside this script, that snapshot is the one imported.
+"""
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if os.path.isfile(os.path.join(_HERE, "mii_azure", "__init__.py")) and _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+from azureml_inference_server_http.api.aml_request import rawhttp  # noqa: E402
+from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
+
+from mii_azure.runtime.service import ScoringService, configure_logging, not_ready_reply  # noqa: E402
+
+_service = None
+
+
+def init():
+    """Load the model under AZUREML_MODEL_DIR (settings from MII_AZURE_* variables)."""
+    global _service
+    configure_logging()
+    _service = ScoringService.from_environment()
+
+
+@rawhttp
+def run(request):
+    """Answer one /score request with the JSON contract of DESIGN.md section 3."""
+    if _service is None:
+        reply = not_ready_reply()
+    else:
+        reply = _service.handle_http(request.method, request.stream.read, request.content_length)
+    return AMLResponse(reply.body, reply.status, reply.headers, json_str=True)

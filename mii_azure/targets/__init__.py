@@ -1,0 +1,1 @@
+"""Where a deployment runs: the local harness, and (later) Azure ML managed online endpoints."""

@@ -1,0 +1,180 @@
+"""Start, watch and stop one inference server process on loopback.
+
+The process runs the real ``azureml-inference-server-http`` with mii_azure's scoring script (see
+``mii_azure.runtime.http_server``); its output goes to a log file. Start-up failures are reported
+with the process's own last log lines instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import ConfigError, ModelLoadError
+
+__all__ = ["InferenceServerProcess", "free_port", "LOOPBACK"]
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether ``port`` can be bound on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+class InferenceServerProcess:
+    """One ``azureml-inference-server-http`` process serving a model folder on loopback."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        log_path: Path,
+        port: Optional[int] = None,
+        host: str = LOOPBACK,
+        entry_script: Optional[Path] = None,
+        environment: Optional[Mapping[str, str]] = None,
+        threads: int = 8,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.host = host
+        self.log_path = Path(log_path)
+        self.entry_script = entry_script
+        self.environment = dict(environment or {})
+        self.threads = threads
+        if port is not None and not port_is_free(port, host):
+            raise ConfigError(
+                f"Port {port} on {host} is already in use. Pick another port, or leave port=None to use a free one.",
+                port=port,
+                host=host,
+            )
+        self.port = port if port is not None else free_port(host)
+        self.process: Optional[subprocess.Popen[bytes]] = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` of the server."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def scoring_uri(self) -> str:
+        """The ``/score`` URL, the same contract as an Azure ML endpoint."""
+        return f"{self.base_url}/score"
+
+    def start(self) -> "InferenceServerProcess":
+        """Launch the process (returns at once; see :meth:`wait_ready`)."""
+        command = [
+            sys.executable,
+            "-m",
+            "mii_azure.runtime.http_server",
+            "--model_dir",
+            str(self.model_dir),
+            "--port",
+            str(self.port),
+            "--host",
+            self.host,
+            "--threads",
+            str(self.threads),
+        ]
+        if self.entry_script is not None:
+            command += ["--entry_script", str(self.entry_script)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.environment}
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        return self
+
+    def wait_ready(self, timeout_s: float = 300.0, progress: Optional[Callable[[str], None]] = None) -> None:
+        """Block until the server answers its liveness route (after the model loaded and answered once).
+
+        Raises ModelLoadError with the log tail if the process exits first or the timeout passes.
+        """
+        deadline = time.monotonic() + timeout_s
+        shown = 0
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ModelLoadError(
+                    f"The inference server for {str(self.model_dir)!r} exited during start-up (exit code {code}). "
+                    f"Last log lines:\n{self.log_tail(30)}",
+                    exit_code=code,
+                    log_path=str(self.log_path),
+                )
+            if progress is not None:
+                shown = self._report_progress(progress, shown)
+            if self.is_live():
+                return
+            time.sleep(0.2)
+        tail = self.log_tail(30)
+        self.stop()
+        raise ModelLoadError(
+            f"The inference server for {str(self.model_dir)!r} was not ready after {timeout_s:g} s and was "
+            f"stopped. Last log lines:\n{tail}",
+            log_path=str(self.log_path),
+        )
+
+    def is_live(self) -> bool:
+        """Whether the liveness route answers 200."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout_s: float = 30.0) -> Optional[int]:
+        """SIGTERM the server (it finishes in-flight requests), SIGKILL it after ``timeout_s``."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()
+
+    def log_tail(self, lines: int = 50) -> str:
+        """The last ``lines`` lines the server wrote."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _report_progress(self, progress: Callable[[str], None], shown: int) -> int:
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return shown
+        for line in lines[shown:]:
+            if "mii_azure" in line:
+                progress(line)
+        return len(lines)
+
+    def __enter__(self) -> "InferenceServerProcess":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models built once per session, and real inference servers shared per model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+import model_factory
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every tiny model of the factory, built once, by name; plus the real MiniLM as "minilm"."""
+    root = tmp_path_factory.mktemp("models")
+    folders = {name: build(root / name) for name, build in model_factory.BUILDERS.items()}
+    folders["minilm"] = model_factory.minilm_model_dir()
+    return folders
+
+
+class Servers:
+    """Starts one real inference server per (model, settings) and keeps it for the session."""
+
+    def __init__(self, root: Path, model_dirs: dict[str, Path]) -> None:
+        self.root = root
+        self.model_dirs = model_dirs
+        self._running: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+
+    def get(self, name: str, environment: Optional[dict[str, str]] = None) -> Any:
+        from mii_azure.targets.server_process import InferenceServerProcess
+
+        key = (name, tuple(sorted((environment or {}).items())))
+        if key not in self._running:
+            log = self.root / f"{name}-{len(self._running)}.log"
+            server = InferenceServerProcess(self.model_dirs[name], log_path=log, environment=environment).start()
+            server.wait_ready(timeout_s=180)
+            self._running[key] = server
+        return self._running[key]
+
+    def stop_all(self) -> None:
+        for server in self._running.values():
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]) -> Iterator[Servers]:
+    pool = Servers(tmp_path_factory.mktemp("server-logs"), model_dirs)
+    yield pool
+    pool.stop_all()

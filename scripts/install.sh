@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
-# Create .venv with everything mii_azure, its tests and its demo need, on a CPU-only machine.
-# Usage: bash scripts/install.sh            (idempotent; safe to run again)
+# Create a virtual environment with everything mii_azure, its tests and its demo need, on a
+# CPU-only machine. Idempotent: running it again only adds what is missing.
+#
+#   bash scripts/install.sh                      # .venv, the pinned development stack
+#   VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test \
+#       DEEPSPEED=0 bash scripts/install.sh       # the lowest supported serving stack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
+CONSTRAINTS=${CONSTRAINTS:-environments/constraints-dev.txt}
+EXTRAS=${EXTRAS:-serve,diffusers,azure,test}
+DEEPSPEED=${DEEPSPEED:-1}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# shellcheck disable=SC1091
-. "$VENV/bin/activate"
 # The stock pip 23 cannot resolve azure-ai-ml's dependency tree.
-python -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
 # One resolver run for everything: azureml-inference-server-http and azure-ai-ml disagree on
 # OpenTelemetry when installed one after the other. torch==2.13.0 selects the CPU build on this
 # machine (a bare "torch" may pull a multi-GB CUDA build).
-python -m pip install --quiet -c environments/constraints-dev.txt \
-    torch==2.13.0 -e ".[serve,diffusers,azure,test]"
+"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" torch==2.13.0 -e ".[$EXTRAS]"
 # DeepSpeed builds from source against the installed torch; no CUDA ops on a CPU machine.
-if ! python -c "import deepspeed" >/dev/null 2>&1; then
-    DS_BUILD_OPS=0 python -m pip install --quiet --no-build-isolation -c environments/constraints-dev.txt deepspeed
+if [ "$DEEPSPEED" = 1 ] && ! "$VENV/bin/python" -c "import deepspeed" >/dev/null 2>&1; then
+    DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$CONSTRAINTS" deepspeed
 fi
-python -m pip check
+"$VENV/bin/python" -m pip check

@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import post, post_json
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.serving
 
 
 def _check_envelope(body: dict, task: str, count: int) -> list:

@@ -11,7 +11,7 @@ from helpers import post_json
 from mii_azure.errors import ModelLoadError
 from mii_azure.targets.server_process import InferenceServerProcess
 
-pytestmark = pytest.mark.server
+pytestmark = pytest.mark.serving
 
 
 def _start(model_dir, tmp_path, **environment):

@@ -18,6 +18,9 @@ __all__ = ["Engine"]
 
 logger = logging.getLogger(__name__)
 
+# The first call may compile kernels or fill caches; it is not held to the request timeout.
+_WARM_UP_TIMEOUT_S = 3600.0
+
 
 class Engine:
     """Runs validated requests through a loaded task, one model call at a time."""
@@ -68,7 +71,7 @@ class Engine:
         task_cls = type(self.task)
         parameters = task_cls.parse_parameters({})
         request = ScoringRequest(inputs=self.task.sample_inputs, parameters=parameters)
-        return self.infer(request, Deadline(self.settings.request_timeout_s))
+        return self.infer(request, Deadline(_WARM_UP_TIMEOUT_S))
 
     def infer(self, request: ScoringRequest, deadline: Deadline) -> list[Any]:
         """Check and run one request; entries in input order."""

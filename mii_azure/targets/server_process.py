@@ -8,6 +8,7 @@ with the process's own last log lines instead of a hang.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from ..errors import ConfigError, ModelLoadError
 __all__ = ["InferenceServerProcess", "free_port", "LOOPBACK"]
 
 LOOPBACK = "127.0.0.1"
+# "package.module.SomeError: message", as the last line of a logged traceback.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*: ")
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -118,8 +121,8 @@ class InferenceServerProcess:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
                 raise ModelLoadError(
-                    f"The inference server for {str(self.model_dir)!r} exited during start-up (exit code {code}). "
-                    f"Last log lines:\n{self.log_tail(30)}",
+                    f"The inference server for {str(self.model_dir)!r} exited during start-up (exit code {code}): "
+                    f"{self.failure_cause()}\nLast log lines:\n{self.log_tail(30)}",
                     exit_code=code,
                     log_path=str(self.log_path),
                 )
@@ -162,6 +165,15 @@ class InferenceServerProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def failure_cause(self) -> str:
+        """The last exception line the server logged (the cause of a failed start), or ''."""
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return ""
+        causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
+        return causes[-1] if causes else ""
 
     def _report_progress(self, progress: Callable[[str], None], shown: int) -> int:
         try:

@@ -114,18 +114,25 @@ class _GenerationTask(TextModelTask):
 
     def decode(self, token_rows: torch.Tensor, parameters: GenerationParameters) -> list[tuple[str, int]]:
         """Text and generated-token count of each row of new tokens, cut at end-of-text or a stop."""
-        special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        end_of_text = self.end_of_text_ids()
         results = []
         for row in token_rows.tolist():
             tokens = []
-            for token in row:
-                if token in special:
+            for token in row:  # padding only ever follows end-of-text
+                if token in end_of_text:
                     break
                 tokens.append(token)
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
             text = _cut_at_stop(text, parameters.stop_sequences)
             results.append((text, len(tokens)))
         return results
+
+    def end_of_text_ids(self) -> set[int]:
+        """Token ids that end a generated sequence (a model may have several)."""
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured) if isinstance(configured, list) else {configured}
+        ids.add(self.tokenizer.eos_token_id)
+        return {token for token in ids if token is not None}
 
     def run_generate(
         self, inputs: list[str], parameters: GenerationParameters, deadline: Deadline
@@ -184,9 +191,9 @@ class Text2TextGeneration(_GenerationTask):
 
     def predict(self, inputs: list[str], parameters: GenerationParameters, deadline: Deadline) -> list[Any]:  # type: ignore[override]
         _, output = self.run_generate(inputs, parameters, deadline)
-        start = self.model.generation_config.decoder_start_token_id
-        rows = output[:, 1:] if start is not None and bool((output[:, 0] == start).all()) else output
-        return [{"generated_text": text, "num_tokens": count} for text, count in self.decode(rows, parameters)]
+        # Encoder-decoder output starts with the decoder start token, which the model did not generate.
+        decoded = self.decode(output[:, 1:], parameters)
+        return [{"generated_text": text, "num_tokens": count} for text, count in decoded]
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> str:

@@ -52,7 +52,7 @@ class TextToImage(Task):
     @classmethod
     def load(cls, model_dir: Path, facts: ModelFacts, settings: ServingSettings, options: LoadOptions) -> Task:
         try:
-            from diffusers import AutoPipelineForText2Image
+            from diffusers import DiffusionPipeline
         except ImportError as exc:
             raise MissingDependencyError(
                 "Serving text-to-image needs diffusers: pip install 'mii-azure[diffusers]'.",
@@ -60,7 +60,7 @@ class TextToImage(Task):
                 install="pip install 'mii-azure[diffusers]'",
             ) from exc
         try:
-            pipeline = AutoPipelineForText2Image.from_pretrained(str(model_dir), **_dtype_argument(options.dtype))
+            pipeline = DiffusionPipeline.from_pretrained(str(model_dir), **_dtype_argument(options.dtype))
         except Exception as exc:
             raise ModelLoadError(
                 f"Could not load the diffusers pipeline in {str(model_dir)!r}: {exc}", path=str(model_dir)

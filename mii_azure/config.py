@@ -6,7 +6,6 @@ use it on any machine.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any, Optional
@@ -51,7 +50,7 @@ class ServingSettings(BaseModel):
         for field in cls.model_fields:
             variable = SETTINGS_ENV_PREFIX + field.upper()
             if variable in environ and environ[variable] != "":
-                values[field] = _parse_env_value(environ[variable])
+                values[field] = environ[variable]  # pydantic converts the text to the field's type
         values.update({key: value for key, value in overrides.items() if value is not None})
         try:
             return cls(**values)
@@ -61,11 +60,3 @@ class ServingSettings(BaseModel):
                 for err in exc.errors()
             )
             raise ConfigError(f"Invalid serving settings: {problems}.", problems=problems) from None
-
-
-def _parse_env_value(raw: str) -> Any:
-    """Environment values are JSON where they parse as JSON (numbers, booleans), else plain strings."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw

@@ -2,10 +2,6 @@
 
 Covers ``Task.parse_request`` / ``parse_parameters`` / ``parse_query`` / ``inputs_from_tensors``,
 ``example_request``, the error types of the scoring contract and ``ServingSettings.from_env``.
-
-Tests marked ``xfail(strict=True)`` document real bugs found while writing this file: they assert the
-correct behaviour, fail today, and will turn into an XPASS failure once the bug is fixed (then drop
-the marker).
 """
 
 from __future__ import annotations
@@ -592,20 +588,16 @@ def test_qa_non_string_question(question: Any, kind: str) -> None:
 
 @pytest.mark.parametrize("question", [["Q?"], ["Q1?", "Q2?"]])
 def test_qa_list_question_is_refused(question: list[str]) -> None:
-    bad_request(QA, {"query": {"question": question, "context": "C."}}, "must each be one string")
-    bad_request(QA, {"question": question, "context": "C."}, "must each be one string")
+    bad_request(QA, {"query": {"question": question, "context": "C."}}, "'query.question' must be a string, not a JSON array")
+    bad_request(QA, {"question": question, "context": "C."}, "'query.question' must be a string, not a JSON array")
 
 
 def test_qa_list_context_with_several_items_is_refused() -> None:
-    bad_request(QA, {"query": {"question": "Q?", "context": ["C1.", "C2."]}}, "must each be one string")
+    bad_request(QA, {"query": {"question": "Q?", "context": ["C1.", "C2."]}}, "'query.context' must be a string, not a JSON array")
 
 
-# BUG: QuestionAnswering.parse_query checks `isinstance(item["question"], str)` but not the same for
-# "context", so a one-element list context is silently unwrapped and accepted, while a one-element
-# list question is refused. Both should be refused ("must each be one string").
-@pytest.mark.xfail(strict=True, reason="BUG: a one-element list 'context' is accepted (question is refused)")
 def test_qa_one_element_list_context_is_refused() -> None:
-    bad_request(QA, {"query": {"question": "Q?", "context": ["C."]}}, "must each be one string")
+    bad_request(QA, {"query": {"question": "Q?", "context": ["C."]}}, "'query.context' must be a string, not a JSON array")
 
 
 @pytest.mark.parametrize("text", ["", "   "])
@@ -662,10 +654,6 @@ def test_text_inputs_from_tensors(task: str) -> None:
         get_task(task).inputs_from_tensors({"query": []})
 
 
-# BUG: Task.inputs_from_tensors indexes tensors["query"] directly, so a missing 'query' tensor raises
-# a bare KeyError (a 500 if it ever reaches a server) instead of a BadRequestError naming the tensor.
-# (No runtime code calls inputs_from_tensors yet, so this is latent.)
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="BUG: missing 'query' tensor -> KeyError, not 400")
 def test_text_inputs_from_tensors_without_query_tensor() -> None:
     with pytest.raises(BadRequestError):
         get_task("text-generation").inputs_from_tensors({"text": ["a"]})
@@ -674,11 +662,6 @@ def test_text_inputs_from_tensors_without_query_tensor() -> None:
 # --- other real bugs in parse_request ----------------------------------------------------------
 
 
-# BUG: parse_request compares the top-level and 'parameters' values with Python ``!=``, where
-# 1 == 1.0 == True. The top-level value then overwrites the one in 'parameters', so a value that is
-# refused on its own under strict validation (do_sample: 1, max_new_tokens: 5.0) is silently accepted
-# when the same key also appears at the top level with a correctly typed "equal" value.
-@pytest.mark.xfail(strict=True, reason="BUG: 1 == True / 5 == 5.0 hides a wrongly typed duplicate parameter")
 @pytest.mark.parametrize(
     "top, inside",
     [({"do_sample": True}, {"do_sample": 1}), ({"max_new_tokens": 5}, {"max_new_tokens": 5.0})],
@@ -687,9 +670,6 @@ def test_duplicate_key_with_differently_typed_equal_value_is_refused(top: dict, 
     bad_request("text-generation", {"query": "x", **top, "parameters": inside})
 
 
-# BUG: parse_request copies the body shallowly, then writes the legacy top-level keywords into the
-# caller's own 'parameters' dict: parsing a request mutates the payload it was given.
-@pytest.mark.xfail(strict=True, reason="BUG: parse_request writes legacy keys into payload['parameters']")
 def test_parse_request_does_not_mutate_the_payload() -> None:
     payload = {"query": ["x"], "max_new_tokens": 5, "parameters": {"seed": 1}}
     before = copy.deepcopy(payload)
@@ -834,20 +814,11 @@ def test_settings_are_frozen_and_forbid_extra_fields() -> None:
         ServingSettings(max_inputs_per_request=0)
 
 
-# BUG: from_env json-decodes every value ("numbers, booleans") before validation, so a string setting
-# whose value looks like JSON is mangled: MII_AZURE_DEPLOYMENT_NAME=123 or =true becomes an int/bool
-# and fails with ConfigError "Input should be a valid string"; '"x"' loses its quotes and "null"
-# silently becomes None. String-typed fields should keep the raw variable value.
-@pytest.mark.xfail(strict=True, reason="BUG: numeric/boolean-looking values of string settings are refused")
 @pytest.mark.parametrize("value", ["123", "true", "2024.1"])
 def test_settings_string_values_are_kept_verbatim(value: str) -> None:
     assert ServingSettings.from_env({"MII_AZURE_DEPLOYMENT_NAME": value}).deployment_name == value
 
 
-# BUG (same root cause, lax validation of the decoded JSON): MII_AZURE_MAX_INPUTS_PER_REQUEST=true is
-# decoded to True and accepted as 1 (and MII_AZURE_REQUEST_TIMEOUT_S=true as 1.0 s), instead of
-# being refused with a ConfigError naming the variable. (=false is refused only because 0 < ge=1.)
-@pytest.mark.xfail(strict=True, reason="BUG: a boolean value is accepted for a numeric setting")
 @pytest.mark.parametrize("variable", ["MII_AZURE_MAX_INPUTS_PER_REQUEST", "MII_AZURE_REQUEST_TIMEOUT_S"])
 def test_settings_boolean_for_a_number_is_refused(variable: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -84,8 +84,6 @@ class Task(ABC):
     parameters_model: ClassVar[type[TaskParameters]]
     #: Names of the OIP-v2 input tensors, each of shape [N] (DESIGN.md section 4).
     input_names: ClassVar[tuple[str, ...]] = ("query",)
-    #: Parameters that may appear at the top level of a legacy DeepSpeed-MII request.
-    legacy_top_level: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, facts: ModelFacts, settings: ServingSettings) -> None:
         self.facts = facts
@@ -100,6 +98,11 @@ class Task(ABC):
     @classmethod
     def inputs_from_tensors(cls, tensors: Mapping[str, Sequence[str]]) -> list[Any]:
         """Inputs from decoded OIP-v2 BYTES tensors (one list of strings per input name)."""
+        if "query" not in tensors:
+            raise BadRequestError(
+                f"{cls.name} needs an input tensor named 'query' (BYTES, shape [N]); got "
+                f"{', '.join(map(repr, tensors)) or 'none'}."
+            )
         return cls.parse_query(list(tensors["query"]))
 
     @classmethod
@@ -118,9 +121,10 @@ class Task(ABC):
             raise BadRequestError(
                 f"'parameters' must be a JSON object of {cls.name} parameters, not a JSON {json_type(parameters)}."
             )
+        parameters = dict(parameters)
         query = cls._pop_query(body)
         for key, value in body.items():  # legacy DeepSpeed-MII: keywords beside the query
-            if key in parameters and parameters[key] != value:
+            if key in parameters and not _same_json_value(parameters[key], value):
                 raise BadRequestError(
                     f"Parameter {key!r} is given twice, at the top level and in 'parameters', with "
                     "different values; give it once, inside 'parameters'."
@@ -215,6 +219,11 @@ def json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+def _same_json_value(first: Any, second: Any) -> bool:
+    """Equal and of the same JSON type (Python's 1 == 1.0 == True must not hide a type error)."""
+    return type(first) is type(second) and first == second
 
 
 def _describe_validation(exc: ValidationError) -> str:

@@ -31,7 +31,6 @@ class TextClassification(TextModelTask):
     name = "text-classification"
     parameters_model = TextClassificationParameters
     auto_class = "AutoModelForSequenceClassification"
-    legacy_top_level = ("top_k",)
 
     @property
     def sample_inputs(self) -> list[Any]:
@@ -74,7 +73,6 @@ class TokenClassification(TextModelTask):
     name = "token-classification"
     parameters_model = TokenClassificationParameters
     auto_class = "AutoModelForTokenClassification"
-    legacy_top_level = ("ignore_labels",)
 
     @property
     def sample_inputs(self) -> list[Any]:

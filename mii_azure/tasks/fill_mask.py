@@ -30,7 +30,6 @@ class FillMask(TextModelTask):
     name = "fill-mask"
     parameters_model = FillMaskParameters
     auto_class = "AutoModelForMaskedLM"
-    legacy_top_level = ("top_k",)
 
     @property
     def sample_inputs(self) -> list[Any]:

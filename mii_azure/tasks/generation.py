@@ -62,7 +62,6 @@ class TextGenerationParameters(GenerationParameters):
 
 
 class _GenerationTask(TextModelTask):
-    legacy_top_level = tuple(TextGenerationParameters.model_fields)
 
     @property
     def sample_inputs(self) -> list[Any]:
@@ -183,7 +182,6 @@ class Text2TextGeneration(_GenerationTask):
     name = "text2text-generation"
     parameters_model = GenerationParameters
     auto_class = "AutoModelForSeq2SeqLM"
-    legacy_top_level = tuple(GenerationParameters.model_fields)
 
     @classmethod
     def example_request(cls) -> str:

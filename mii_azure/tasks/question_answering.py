@@ -43,7 +43,6 @@ class QuestionAnswering(TextModelTask):
     name = "question-answering"
     parameters_model = QuestionAnsweringParameters
     input_names = ("question", "context")
-    legacy_top_level = ("max_answer_length",)
 
     auto_class = "AutoModelForQuestionAnswering"
 
@@ -77,17 +76,8 @@ class QuestionAnswering(TextModelTask):
             unknown = sorted(set(item) - {"question", "context"})
             if unknown:
                 raise BadRequestError(f"'{where}' has unknown fields {unknown}; only 'question' and 'context'.")
-            for field in ("question", "context"):
-                if item.get(field) is None:
-                    raise BadRequestError(
-                        f"'{where}' has no '{field}'; question-answering needs both a question and the "
-                        "context to find the answer in."
-                    )
-            question = parse_text_query(item["question"], field=f"{where}.question")
-            context = parse_text_query(item["context"], field=f"{where}.context")
-            if len(question) != 1 or len(context) != 1 or not isinstance(item["question"], str):
-                raise BadRequestError(f"'{where}.question' and '{where}.context' must each be one string.")
-            parsed.append(QuestionContext(question[0], context[0]))
+            question, context = (_one_string(item.get(field), f"{where}.{field}") for field in ("question", "context"))
+            parsed.append(QuestionContext(question, context))
         return parsed
 
     @classmethod
@@ -152,6 +142,17 @@ class QuestionAnswering(TextModelTask):
                 context = inputs[owner].context
                 best[owner] = {"answer": context[start:end], "score": score, "start": start, "end": end}
         return [best.get(owner, {"answer": "", "score": 0.0, "start": 0, "end": 0}) for owner in range(len(inputs))]
+
+
+def _one_string(value: Any, where: str) -> str:
+    if value is None:
+        raise BadRequestError(
+            f"'{where.rsplit('.', 1)[0]}' has no '{where.rsplit('.', 1)[1]}'; question-answering needs both a "
+            "question and the context to find the answer in."
+        )
+    if not isinstance(value, str):
+        raise BadRequestError(f"'{where}' must be a string, not a JSON {json_type(value)}.")
+    return parse_text_query(value, field=where)[0]
 
 
 def _best_span(

@@ -37,7 +37,6 @@ class TextToImage(Task):
 
     name = "text-to-image"
     parameters_model = TextToImageParameters
-    legacy_top_level = tuple(TextToImageParameters.model_fields)
 
     def __init__(self, facts: ModelFacts, settings: ServingSettings, pipeline: Any) -> None:
         super().__init__(facts, settings)

@@ -1,0 +1,39 @@
+"""The notebooks run top to bottom (their code cells, in order, in one namespace)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.serving
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def run_notebook(path: Path) -> tuple[dict, str]:
+    """Execute the code cells of ``path``; the resulting namespace and everything printed."""
+    namespace: dict = {"__name__": "__main__"}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
+    return namespace, output.getvalue()
+
+
+def test_every_notebook_has_a_test():
+    tested = {"01-serve-and-query.ipynb"}
+    assert {path.name for path in NOTEBOOKS.glob("*.ipynb")} == tested
+
+
+def test_serve_and_query(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    namespace, printed = run_notebook(NOTEBOOKS / "01-serve-and-query.ipynb")
+    assert "feature-extraction minilm" in printed
+    assert "400 Unknown parameter 'max_new_tokens'" in printed
+    assert namespace["similarity"][1] > namespace["similarity"][2]
+    assert not namespace["server"].is_live(), "the notebook stops its server"

@@ -81,6 +81,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "vocab_size": ("vocab_size", "padded_vocab_size"),
 }
 _DTYPE_NAMES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+_BUFFER_DTYPES = {"I64", "I32", "I16", "U8", "BOOL"}
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I8": "int8"}
 
 
@@ -327,9 +328,7 @@ def _facts_from_folder(ref: ModelRef, folder: Path) -> ModelFacts:
     is_encoder_decoder = bool(config.get("is_encoder_decoder"))
     sentence_transformers = (folder / SENTENCE_TRANSFORMERS_FILE).is_file()
     supported = _supported_tasks(architecture, is_encoder_decoder)
-    default_task = "feature-extraction" if sentence_transformers else (supported[0] if architecture else None)
-    if not architecture:
-        supported = ()
+    default_task = "feature-extraction" if sentence_transformers else (supported[0] if supported else None)
     param_count, param_source, header_dtype = _count_safetensors(folder)
     if param_count is None:
         param_count = _estimate_parameters(config, numbers, is_encoder_decoder)
@@ -363,13 +362,10 @@ def _diffusion_facts(ref: ModelRef, folder: Path) -> ModelFacts:
     )
     denoiser = "unet" in components or "transformer" in components
     supported = ("text-to-image",) if text_to_image and denoiser else ()
-    total, source, dtype = 0, "safetensors headers", None
-    for name in components:
+    total, dtype = 0, None
+    for name in components:  # tokenizers and schedulers have no weights and count nothing
         count, _, component_dtype = _count_safetensors(folder / name)
-        if count is None:
-            total, source = None, "unknown"
-            break
-        total += count
+        total += count or 0
         dtype = dtype or component_dtype
     unet_config = folder / "unet" / CONFIG_FILE
     sample_size = _read_json(unet_config).get("sample_size") if unet_config.is_file() else None
@@ -380,7 +376,7 @@ def _diffusion_facts(ref: ModelRef, folder: Path) -> ModelFacts:
         model_type="diffusion-pipeline",
         is_diffusion=True,
         parameter_count=total or None,
-        parameter_count_source=source if total else "unknown",
+        parameter_count_source="safetensors headers" if total else "unknown",
         dtype=dtype or "float32",
         max_positions=sample_size if isinstance(sample_size, int) else None,
         components=components,
@@ -433,8 +429,12 @@ def _config_dtype(config: dict[str, Any]) -> Optional[str]:
 
 
 def _count_safetensors(folder: Path) -> tuple[Optional[int], str, Optional[str]]:
-    """Parameters and dominant dtype from safetensors headers (a few KB read per file)."""
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    """Parameters and dominant dtype from safetensors headers (a few KB read per file).
+
+    Integer buffers (position ids) are not parameters; of several weight variants side by side
+    (``model.safetensors`` and ``model.fp16.safetensors``) only one is counted, the plain one first.
+    """
+    files = _one_weight_variant(sorted(folder.glob("*.safetensors"))) if folder.is_dir() else []
     if not files:
         return None, "unknown", None
     total = 0
@@ -449,7 +449,7 @@ def _count_safetensors(folder: Path) -> tuple[Optional[int], str, Optional[str]]
                 f"{str(file)!r} is not a readable safetensors file ({exc}).", path=str(file)
             ) from None
         for name, tensor in header.items():
-            if name == "__metadata__":
+            if name == "__metadata__" or tensor.get("dtype") in _BUFFER_DTYPES:
                 continue
             count = 1
             for dim in tensor.get("shape", []):
@@ -458,6 +458,16 @@ def _count_safetensors(folder: Path) -> tuple[Optional[int], str, Optional[str]]
             dtypes[_SAFETENSORS_DTYPES.get(tensor.get("dtype", ""), "float32")] += count
     dominant = dtypes.most_common(1)[0][0] if dtypes else None
     return total, "safetensors headers", dominant
+
+
+def _one_weight_variant(files: list[Path]) -> list[Path]:
+    """The files of one variant: those without a variant suffix if any, else the first variant's."""
+    variants: dict[str, list[Path]] = {}
+    for file in files:
+        variants.setdefault(file.stem.partition(".")[2], []).append(file)
+    if not variants:
+        return []
+    return variants.get("") or variants[sorted(variants)[0]]
 
 
 def _estimate_parameters(

@@ -243,14 +243,12 @@ def test_parameter_count_equals_loaded_models_unique_tensors(model_dirs: dict[st
 
     stored, stored_integer = _stored_counts(folder)
     assert facts.parameter_count_source == "safetensors headers"
-    # The header count is the count of every stored tensor, each tied matrix once ...
-    assert facts.parameter_count == stored
-    # ... which is the loaded model's parameter count (distinct storages, = parameters()) plus any
-    # integer buffer the checkpoint happens to store: none for the factory models; for the real
-    # all-MiniLM-L6-v2 checkpoint the 512-element int64 embeddings.position_ids (0.002 %), which
-    # transformers 5 no longer keeps in the state_dict.
+    # The header count is the loaded model's parameter count (distinct storages, = parameters()):
+    # each tied matrix once, and integer buffers the checkpoint happens to store left out (none
+    # for the factory models; the real all-MiniLM-L6-v2 stores the 512-element int64
+    # embeddings.position_ids).
     assert unique == sum(p.numel() for p in model.parameters())
-    assert facts.parameter_count - stored_integer == unique
+    assert facts.parameter_count == unique == stored - stored_integer
     assert stored_integer == (512 if name == "minilm" else 0)
     if name in {"gpt2", "t5", "bert_fill_mask"}:
         # These tie their output head to the input embeddings: the raw state_dict sum counts the
@@ -258,11 +256,6 @@ def test_parameter_count_equals_loaded_models_unique_tensors(model_dirs: dict[st
         assert every > unique
 
 
-# REAL BUG (models._diffusion_facts): the pipeline total is discarded as soon as one component has
-# no safetensors file. A diffusers pipeline always has weight-less components (tokenizer,
-# scheduler), so every real pipeline gets parameter_count None / "unknown" even though unet, vae
-# and text_encoder all have readable headers. Expected: the sum over the weight-carrying
-# components (1 685 003 for this tiny pipeline).
 def test_stable_diffusion_parameter_count_is_total_over_components(model_dirs: dict[str, Path]) -> None:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -715,13 +708,6 @@ def test_config_without_architectures_cannot_infer_task(tmp_path: Path) -> None:
     assert resolve_task(facts, "text-generation") == "text-generation"
 
 
-# REAL BUG (models._facts_from_folder): for an architecture that maps to no served task
-# (_supported_tasks returns ()), e.g. a bare encoder-decoder "BartModel"/"T5Model" or an image
-# model like "ViTForImageClassification", `supported[0] if architecture else None` indexes an
-# empty tuple and resolve_model crashes with a bare IndexError ("tuple index out of range").
-# Expected: facts with default_task None and supported_tasks (), so that resolve_task(facts)
-# raises TaskMismatchError ("no served task matches its architecture ..." - the branch of
-# _why_no_task that is otherwise unreachable).
 @pytest.mark.parametrize(
     "config",
     [
@@ -740,11 +726,6 @@ def test_architecture_without_served_task(tmp_path: Path, config: dict[str, Any]
     assert f"no served task matches its architecture {config['architectures'][0]}" in str(info.value)
 
 
-# REAL BUG (models._count_safetensors): every "*.safetensors" of a folder is summed, so a folder
-# that ships a weight variant next to the default file (diffusers pipelines on the hub keep
-# "diffusion_pytorch_model.safetensors" and "diffusion_pytorch_model.fp16.safetensors" side by
-# side in unet/, vae/, ...; likewise "model.safetensors" + "model.fp16.safetensors") counts each
-# parameter twice. Expected: the count of one copy of the weights.
 def test_weight_variant_is_not_counted_twice(tmp_path: Path, model_dirs: dict[str, Path]) -> None:
     import torch
     from safetensors.torch import load_file, save_file

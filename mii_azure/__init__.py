@@ -19,7 +19,10 @@ from .errors import (
     ServiceUnavailableError,
     TaskMismatchError,
 )
+from .hardware import Hardware
 from .models import TASKS, ModelFacts, ModelRef, ModelSource, resolve_model, resolve_task
+from .planner import OptimizationPlan, plan
+from .skus import Sku, get_sku
 
 __version__ = "0.1.0"
 
@@ -32,6 +35,11 @@ __all__ = [
     "ServingSettings",
     "resolve_model",
     "resolve_task",
+    "plan",
+    "OptimizationPlan",
+    "Hardware",
+    "Sku",
+    "get_sku",
     "MiiAzureError",
     "ConfigError",
     "TaskMismatchError",

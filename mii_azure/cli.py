@@ -46,6 +46,26 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_info)
 
+    plan = commands.add_parser("plan", help="show the optimization plan for a model on an Azure SKU or this machine")
+    plan.add_argument("model", help="local folder, Hugging Face hub id (cached or well-known) or azureml:name:version")
+    plan.add_argument("--sku", help="Azure GPU SKU (name, alias or unique prefix); default: this machine")
+    plan.add_argument("--task", help="task override")
+    plan.add_argument("--config", help="local config.json or folder for an azureml: reference")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    for option, kind in (
+        ("--dtype", str),
+        ("--tensor-parallel", int),
+        ("--quantization", str),
+        ("--zero-offload", str),
+        ("--max-batch-size", int),
+        ("--max-input-tokens", int),
+        ("--max-new-tokens", int),
+    ):
+        plan.add_argument(option, type=kind, help="override the planner's choice")
+    for flag in ("kernel-inject", "cuda-graph"):
+        plan.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None, help="override the planner's choice")
+    plan.set_defaults(handler=_plan)
+
     serve = commands.add_parser("serve", help="serve a model folder with the Azure ML inference server on loopback")
     serve.add_argument("model_dir", help="model folder (becomes AZUREML_MODEL_DIR)")
     serve.add_argument("--port", type=int, default=5001)
@@ -68,6 +88,29 @@ def _info(args: argparse.Namespace) -> int:
         print(facts.model_dump_json(indent=2))
         return 0
     print(_describe(facts))
+    return 0
+
+
+_OVERRIDES = (
+    "dtype",
+    "tensor_parallel",
+    "quantization",
+    "zero_offload",
+    "max_batch_size",
+    "max_input_tokens",
+    "max_new_tokens",
+    "kernel_inject",
+    "cuda_graph",
+)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .planner import plan
+
+    overrides = {name: getattr(args, name) for name in _OVERRIDES if getattr(args, name) is not None}
+    facts = resolve_model(args.model, config=args.config)
+    result = plan(facts, task=args.task, sku=args.sku, **overrides)
+    print(result.to_json() if args.json else result.describe())
     return 0
 
 

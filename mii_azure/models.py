@@ -161,6 +161,7 @@ class ModelFacts(BaseModel):
     max_positions: Optional[int] = None
     components: dict[str, str] = {}
     sentence_transformers: bool = False
+    config_source: str = "config.json"
     default_task: Optional[str] = None
     supported_tasks: tuple[str, ...] = ()
 
@@ -180,7 +181,9 @@ def resolve_model(
     """Resolve ``reference`` to :class:`ModelFacts`, reading configuration only.
 
     ``config`` points at a local folder or ``config.json`` to read facts from when the reference
-    itself cannot be read here (an ``azureml:`` reference). ``cache_dir`` and ``revision`` select
+    itself cannot be read here (an ``azureml:`` reference). A hub id that is not in the local cache
+    but is one of the well-known models of :mod:`mii_azure.known_models` resolves from that catalog
+    (``facts.config_source`` says so); its weights are not at hand. ``cache_dir`` and ``revision`` select
     the Hugging Face cache and snapshot for hub ids.
     """
     ref = ModelRef.parse(reference)
@@ -196,7 +199,15 @@ def resolve_model(
             reference=ref.reference,
         )
     if ref.source is ModelSource.HUB:
-        folder = _hub_snapshot_folder(ref.name, cache_dir=cache_dir, revision=revision)
+        try:
+            folder = _hub_snapshot_folder(ref.name, cache_dir=cache_dir, revision=revision)
+        except ModelNotFoundError:
+            from .known_models import known_model_facts
+
+            known = known_model_facts(ref)
+            if known is None:
+                raise
+            return known
         return _facts_from_folder(ref.model_copy(update={"path": str(folder)}), folder)
     return _facts_from_folder(ref, find_model_folder(Path(ref.path or ref.reference)))
 
@@ -309,35 +320,57 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _facts_from_folder(ref: ModelRef, folder: Path) -> ModelFacts:
     if (folder / PIPELINE_INDEX_FILE).is_file() and not (folder / CONFIG_FILE).is_file():
-        return _diffusion_facts(ref, folder)
+        index = _read_json(folder / PIPELINE_INDEX_FILE)
+        counts = {name: _count_safetensors(folder / name) for name in _pipeline_components(index)}
+        unet_config = folder / "unet" / CONFIG_FILE
+        sample_size = _read_json(unet_config).get("sample_size") if unet_config.is_file() else None
+        return pipeline_facts(ref, index, counts, sample_size=sample_size, path=folder)
     config = _read_json(folder / CONFIG_FILE)
-    architectures = config.get("architectures") or []
-    architecture = architectures[0] if architectures and isinstance(architectures[0], str) else None
-    model_type = config.get("model_type")
-    if architecture is None and not model_type:
+    if not config.get("architectures") and not config.get("model_type"):
         raise InvalidModelError(
             f"{str(folder / CONFIG_FILE)!r} names neither 'architectures' nor 'model_type', so it is not a "
             "transformers model configuration. Re-save the model with save_pretrained().",
             path=str(folder),
         )
+    return config_facts(
+        ref,
+        config,
+        path=folder,
+        weights=_count_safetensors(folder),
+        sentence_transformers=(folder / SENTENCE_TRANSFORMERS_FILE).is_file(),
+    )
+
+
+def config_facts(
+    ref: ModelRef,
+    config: dict[str, Any],
+    *,
+    path: Optional[Path] = None,
+    weights: tuple[Optional[int], str, Optional[str]] = (None, "unknown", None),
+    sentence_transformers: bool = False,
+    config_source: str = "config.json",
+) -> ModelFacts:
+    """Facts of a transformers model from its configuration (and its weights' headers, if counted)."""
+    architectures = config.get("architectures") or []
+    architecture = architectures[0] if architectures and isinstance(architectures[0], str) else None
     text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
     numbers = {fact: _first_int(config, text_config, keys) for fact, keys in _ALIASES.items()}
     if numbers["num_kv_heads"] is None:
         numbers["num_kv_heads"] = 1 if config.get("multi_query") else numbers["num_attention_heads"]
     numbers["max_positions"] = _max_positions(config, numbers["max_positions"])
     is_encoder_decoder = bool(config.get("is_encoder_decoder"))
-    sentence_transformers = (folder / SENTENCE_TRANSFORMERS_FILE).is_file()
     supported = _supported_tasks(architecture, is_encoder_decoder)
     default_task = "feature-extraction" if sentence_transformers else (supported[0] if supported else None)
-    param_count, param_source, header_dtype = _count_safetensors(folder)
+    param_count, param_source, header_dtype = weights
     if param_count is None:
         param_count = _estimate_parameters(config, numbers, is_encoder_decoder)
-        param_source = "estimated from config.json" if param_count else "unknown"
+        param_source = "estimated from the configuration" if param_count else "unknown"
     return ModelFacts(
         ref=ref,
-        path=str(folder),
+        path=str(path) if path else None,
+        config_source=config_source,
         architecture=architecture,
-        model_type=model_type,
+        model_type=config.get("model_type"),
         is_encoder_decoder=is_encoder_decoder,
         parameter_count=param_count,
         parameter_count_source=param_source,
@@ -349,14 +382,19 @@ def _facts_from_folder(ref: ModelRef, folder: Path) -> ModelFacts:
     )
 
 
-def _diffusion_facts(ref: ModelRef, folder: Path) -> ModelFacts:
-    index = _read_json(folder / PIPELINE_INDEX_FILE)
+def pipeline_facts(
+    ref: ModelRef,
+    index: dict[str, Any],
+    counts: dict[str, tuple[Optional[int], str, Optional[str]]],
+    *,
+    sample_size: Optional[int] = None,
+    path: Optional[Path] = None,
+    config_source: str = PIPELINE_INDEX_FILE,
+    count_source: str = "safetensors headers",
+) -> ModelFacts:
+    """Facts of a diffusers pipeline from its ``model_index.json`` and per-component counts."""
     pipeline_class = str(index.get("_class_name", ""))
-    components = {
-        name: value[1]
-        for name, value in index.items()
-        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[1]
-    }
+    components = _pipeline_components(index)
     text_to_image = pipeline_class.endswith("Pipeline") and not any(
         word in pipeline_class for word in ("Img2Img", "Inpaint", "Upscale", "Depth", "Video")
     )
@@ -364,25 +402,32 @@ def _diffusion_facts(ref: ModelRef, folder: Path) -> ModelFacts:
     supported = ("text-to-image",) if text_to_image and denoiser else ()
     total, dtype = 0, None
     for name in components:  # tokenizers and schedulers have no weights and count nothing
-        count, _, component_dtype = _count_safetensors(folder / name)
+        count, _, component_dtype = counts.get(name, (None, "unknown", None))
         total += count or 0
         dtype = dtype or component_dtype
-    unet_config = folder / "unet" / CONFIG_FILE
-    sample_size = _read_json(unet_config).get("sample_size") if unet_config.is_file() else None
     return ModelFacts(
         ref=ref,
-        path=str(folder),
+        path=str(path) if path else None,
+        config_source=config_source,
         architecture=pipeline_class or None,
         model_type="diffusion-pipeline",
         is_diffusion=True,
         parameter_count=total or None,
-        parameter_count_source="safetensors headers" if total else "unknown",
+        parameter_count_source=count_source if total else "unknown",
         dtype=dtype or "float32",
         max_positions=sample_size if isinstance(sample_size, int) else None,
         components=components,
         default_task=supported[0] if supported else None,
         supported_tasks=supported,
     )
+
+
+def _pipeline_components(index: dict[str, Any]) -> dict[str, str]:
+    return {
+        name: value[1]
+        for name, value in index.items()
+        if not name.startswith("_") and isinstance(value, list) and len(value) == 2 and value[1]
+    }
 
 
 def _supported_tasks(architecture: Optional[str], is_encoder_decoder: bool) -> tuple[str, ...]:

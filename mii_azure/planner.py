@@ -1,0 +1,762 @@
+"""The planner: which DeepSpeed-Inference optimizations fit a model on given hardware, and why.
+
+``make_plan(facts, hardware, ...)`` is a pure function of the model's configuration facts, the
+hardware's numbers and the user's overrides; ``plan(model, sku=...)`` resolves both first. Nothing
+here imports torch, so plans can be made on any machine, before any weight is downloaded.
+
+Memory model, per GPU (all figures in GB of 1e9 bytes):
+
+* weights: parameters x bytes per parameter (2 for fp16/bf16, 1 for int8 plus 2% for scales,
+  4 for fp32), divided by the tensor-parallel degree;
+* KV cache: 2 (K and V) x layers x KV heads x head size x 2 bytes per token, divided by the
+  tensor-parallel degree, for ``max_batch_size`` sequences of ``max_input_tokens + max_new_tokens``;
+* workspace: 1 GB (CUDA context, kernels) plus activations of one forward pass over the batch
+  (4 x tokens x hidden size x 2 bytes) and the logits of one step (batch x vocabulary x 4 bytes);
+* headroom: 10% of the GPU's memory, for fragmentation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ConfigError
+from .hardware import GB, Hardware
+from .models import ModelFacts, resolve_model, resolve_task
+
+__all__ = ["OptimizationPlan", "MemoryBreakdown", "PlanOverrides", "make_plan", "plan"]
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+#: Model types DeepSpeed-Inference has kernel-injection policies for (deepspeed.module_inject.containers).
+INJECTION_POLICIES = frozenset(
+    {"bert", "roberta", "distilbert", "gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "llama", "internlm", "diffusion-pipeline"}
+)
+#: Policies that exist but are known not to work with the supported transformers versions.
+BROKEN_INJECTION = {
+    "gpt_neox": "DeepSpeed 0.19's GPT-NeoX policy fails on transformers 5 (GPTNeoXAttention has no hidden_size)",
+}
+#: Decoder families whose injected kernels run int8 weights.
+INT8_FAMILIES = frozenset({"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "llama", "internlm"})
+#: Tasks whose shapes can be fixed per batch, so a captured CUDA graph is replayed rather than rebuilt.
+STATIC_SHAPE_TASKS = frozenset(
+    {"text-classification", "fill-mask", "token-classification", "question-answering", "feature-extraction", "text-to-image"}
+)
+GENERATION_TASKS = frozenset({"text-generation", "text2text-generation"})
+
+HEADROOM_FRACTION = 0.10
+BASE_WORKSPACE_GB = 1.0
+MAX_PLANNED_BATCH = 64
+CPU_BATCH = 32
+DEFAULT_NEW_TOKENS = 256
+UNBOUNDED_CONTEXT = 2048
+CLIP_PROMPT_TOKENS = 77
+# Activation memory of one 512x512 image through a Stable Diffusion UNet in half precision, GB.
+DIFFUSION_GB_PER_IMAGE_512 = 1.0
+HOST_RAM_USABLE = 0.9
+
+_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+
+
+class PlanOverrides(BaseModel):
+    """Choices the user makes instead of the planner; None means "plan it"."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: Optional[Dtype] = None
+    tensor_parallel: Optional[int] = Field(None, ge=1)
+    kernel_inject: Optional[bool] = None
+    quantization: Optional[Literal["int8", "none"]] = None
+    zero_offload: Optional[Literal["cpu", "nvme", "none"]] = None
+    cuda_graph: Optional[bool] = None
+    max_batch_size: Optional[int] = Field(None, ge=1)
+    max_input_tokens: Optional[int] = Field(None, ge=1)
+    max_new_tokens: Optional[int] = Field(None, ge=1)
+
+
+class MemoryBreakdown(BaseModel):
+    """The memory a plan relies on, per GPU (or for the host, on CPU), in GB."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    capacity_gb: float
+    weights_gb: float
+    kv_cache_gb: float
+    workspace_gb: float
+    headroom_gb: float
+    offloaded_gb: float = 0.0
+
+    @property
+    def used_gb(self) -> float:
+        """Everything the plan places in device memory."""
+        return self.weights_gb + self.kv_cache_gb + self.workspace_gb + self.headroom_gb
+
+    @property
+    def fits(self) -> bool:
+        """Whether it all fits the capacity."""
+        return self.used_gb <= self.capacity_gb + 1e-9
+
+
+class OptimizationPlan(BaseModel):
+    """What to apply to a model on some hardware, each choice with the reason for it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    task: str
+    hardware: Hardware
+    facts_source: str
+    parameter_count: Optional[int]
+    dtype: Dtype
+    tensor_parallel: int
+    kernel_inject: bool
+    quantization: Optional[Literal["int8"]]
+    zero_offload: Optional[Literal["cpu", "nvme"]]
+    cuda_graph: bool
+    max_batch_size: int
+    max_input_tokens: int
+    max_new_tokens: int
+    kv_cache_gb: float = Field(description="KV-cache budget per GPU: the memory left for it after everything else.")
+    kv_cache_tokens: int = Field(description="Tokens of KV cache that budget holds (whole model, all sequences).")
+    memory: MemoryBreakdown
+    reasons: dict[str, str]
+    overrides: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``OptimizationPlan.from_dict`` reads it back."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OptimizationPlan":
+        """The plan ``to_dict`` wrote."""
+        return cls.model_validate(data)
+
+    def to_json(self) -> str:
+        """The plan as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def describe(self) -> str:
+        """A human-readable summary: the choices, the memory, and why."""
+        memory = self.memory
+        where = "per GPU" if self.hardware.kind == "gpu" else "host RAM"
+        lines = [
+            f"Plan for {self.model} ({self.task}) on {self.hardware.describe()}",
+            f"  dtype={self.dtype} tensor_parallel={self.tensor_parallel} kernel_inject={self.kernel_inject} "
+            f"quantization={self.quantization} zero_offload={self.zero_offload} cuda_graph={self.cuda_graph}",
+            f"  max_batch_size={self.max_batch_size} max_input_tokens={self.max_input_tokens} "
+            f"max_new_tokens={self.max_new_tokens}",
+            f"  memory {where}: weights {memory.weights_gb:.1f} + KV cache {memory.kv_cache_gb:.1f} + workspace "
+            f"{memory.workspace_gb:.1f} + headroom {memory.headroom_gb:.1f} = {memory.used_gb:.1f} of "
+            f"{memory.capacity_gb:.1f} GB" + (f" ({memory.offloaded_gb:.1f} GB offloaded)" if memory.offloaded_gb else ""),
+            "  why:",
+        ]
+        lines += [f"    {choice}: {reason}" for choice, reason in self.reasons.items()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def plan(
+    model: Union[str, ModelFacts],
+    *,
+    task: Optional[str] = None,
+    sku: Optional[str] = None,
+    hardware: Optional[Hardware] = None,
+    **overrides: Any,
+) -> OptimizationPlan:
+    """Plan the optimizations for ``model`` on an Azure SKU, given hardware, or this machine.
+
+    ``model`` is a model reference (local folder, cached or well-known hub id, ...) or resolved
+    facts. ``overrides`` are the fields of :class:`PlanOverrides`; an override that cannot work
+    raises ConfigError naming the conflict and the nearest setting that would.
+    """
+    from .skus import get_sku
+
+    if sku is not None and hardware is not None:
+        raise ConfigError("Pass either sku= or hardware=, not both.")
+    facts = model if isinstance(model, ModelFacts) else resolve_model(model)
+    target = get_sku(sku).hardware if sku is not None else hardware or Hardware.local()
+    try:
+        choices = PlanOverrides(**overrides)
+    except Exception as exc:  # pydantic's ValidationError or an unknown keyword
+        raise ConfigError(f"Invalid plan override: {exc}", overrides=overrides) from None
+    return make_plan(facts, target, task=task, overrides=choices)
+
+
+def make_plan(
+    facts: ModelFacts,
+    hardware: Hardware,
+    *,
+    task: Optional[str] = None,
+    overrides: PlanOverrides = PlanOverrides(),
+) -> OptimizationPlan:
+    """The plan for ``facts`` on ``hardware`` (pure)."""
+    task_name = resolve_task(facts, task)
+    planner = _CpuPlanner if hardware.kind == "cpu" else _GpuPlanner
+    return planner(facts, hardware, task_name, overrides).plan()
+
+
+class _Planner:
+    """Shared state and helpers of one planning run."""
+
+    def __init__(self, facts: ModelFacts, hardware: Hardware, task: str, overrides: PlanOverrides) -> None:
+        self.facts = facts
+        self.hardware = hardware
+        self.task = task
+        self.overrides = overrides
+        self.reasons: dict[str, str] = {}
+        self.generation = task in GENERATION_TASKS
+        self._check_input_override()
+        context = facts.max_positions or UNBOUNDED_CONTEXT
+        if facts.is_diffusion:
+            self.max_new_tokens = 0
+            self.max_input_tokens = overrides.max_input_tokens or CLIP_PROMPT_TOKENS
+        elif task == "text-generation" and facts.max_positions:
+            # Prompt and continuation share the model's positions.
+            self.max_new_tokens = overrides.max_new_tokens or min(DEFAULT_NEW_TOKENS, context // 4)
+            self.max_input_tokens = overrides.max_input_tokens or context - self.max_new_tokens
+        else:
+            self.max_new_tokens = (overrides.max_new_tokens or DEFAULT_NEW_TOKENS) if self.generation else 0
+            self.max_input_tokens = overrides.max_input_tokens or context
+
+    @property
+    def parameters(self) -> float:
+        if not self.facts.parameter_count:
+            raise ConfigError(
+                f"The parameter count of {self.facts.ref.reference!r} is unknown, so its memory cannot be planned. "
+                "Pass a model folder with a complete config.json or its safetensors weights.",
+                model=self.facts.ref.reference,
+            )
+        return float(self.facts.parameter_count)
+
+    @property
+    def sequence_tokens(self) -> int:
+        return self.max_input_tokens + self.max_new_tokens
+
+    def kv_bytes_per_token(self, dtype: str) -> float:
+        """KV-cache bytes per token for the whole model (0 for encoders and pipelines)."""
+        facts = self.facts
+        if not self.generation or not (facts.num_layers and facts.hidden_size and facts.num_attention_heads):
+            return 0.0
+        head_dim = facts.hidden_size / facts.num_attention_heads
+        kv_heads = facts.num_kv_heads or facts.num_attention_heads
+        stacks = 2 if facts.is_encoder_decoder else 1  # decoder self-attention plus cross-attention
+        return 2 * facts.num_layers * kv_heads * head_dim * _BYTES[dtype] * stacks
+
+    def workspace_gb(self, batch: int, dtype: str, tensor_parallel: int = 1) -> float:
+        if self.facts.is_diffusion:
+            side = (self.facts.max_positions or 64) * 8  # latent sample size x the VAE's factor of 8
+            return BASE_WORKSPACE_GB + batch * DIFFUSION_GB_PER_IMAGE_512 * (side / 512) ** 2
+        hidden = self.facts.hidden_size or 0
+        activations = 4 * batch * self.sequence_tokens * hidden * _BYTES[dtype] / tensor_parallel
+        logits = batch * (self.facts.vocab_size or 0) * 4 if self.generation else 0
+        return BASE_WORKSPACE_GB + (activations + logits) / GB
+
+    def weights_gb(self, dtype: str, quantization: Optional[str]) -> float:
+        per_parameter = 1.02 if quantization == "int8" else _BYTES[dtype]
+        return self.parameters * per_parameter / GB
+
+    def override_note(self, name: str) -> str:
+        return f"{name} was set by the caller"
+
+    def _check_input_override(self) -> None:
+        limit = self.facts.max_positions
+        given = self.overrides.max_input_tokens
+        if given and limit and given > limit and not self.facts.is_diffusion:
+            raise ConfigError(
+                f"max_input_tokens={given} is more than {self.facts.name} attends over ({limit} positions); "
+                f"use max_input_tokens={limit - 1 if self.task == 'text-generation' else limit} or less.",
+                max_input_tokens=given,
+                limit=limit,
+            )
+
+    def common_reasons(self) -> None:
+        self.reasons["model facts"] = (
+            f"{self.facts.parameter_count:,} parameters ({self.facts.parameter_count_source}); "
+            f"configuration from the {self.facts.config_source}."
+        )
+        if self.generation:
+            self.reasons["sequence"] = (
+                f"KV cache sized for {self.max_input_tokens} input + {self.max_new_tokens} new tokens per sequence."
+            )
+
+    def finish(self, **choices: Any) -> OptimizationPlan:
+        given = tuple(name for name, value in self.overrides.model_dump().items() if value is not None)
+        return OptimizationPlan(
+            model=self.facts.ref.reference,
+            task=self.task,
+            hardware=self.hardware,
+            facts_source=self.facts.config_source,
+            parameter_count=self.facts.parameter_count,
+            max_input_tokens=self.max_input_tokens,
+            max_new_tokens=self.max_new_tokens,
+            reasons=self.reasons,
+            overrides=given,
+            **choices,
+        )
+
+
+class _CpuPlanner(_Planner):
+    """CPU serving: no DeepSpeed kernels; the fastest dtype that keeps the model correct."""
+
+    def plan(self) -> OptimizationPlan:
+        overrides, hardware = self.overrides, self.hardware
+        for name, value, fix in (
+            ("kernel_inject", overrides.kernel_inject, "kernel_inject=False"),
+            ("cuda_graph", overrides.cuda_graph, "cuda_graph=False"),
+            ("zero_offload", overrides.zero_offload not in (None, "none"), "zero_offload=None"),
+        ):
+            if value:
+                raise ConfigError(
+                    f"{name} needs GPUs, and {hardware.describe()} has none; use {fix} or pick a GPU sku=.",
+                    conflict=name,
+                )
+        self.common_reasons()
+        if overrides.dtype:
+            self.reasons["dtype"] = self.override_note("dtype") + "."
+        dtype = overrides.dtype or self._cpu_dtype()
+        quantization = self._cpu_quantization()
+        batch = overrides.max_batch_size or CPU_BATCH
+        memory = self._host_memory(dtype, quantization, batch)
+        while not overrides.max_batch_size and not memory.fits and batch > 1:
+            batch //= 2
+            memory = self._host_memory(dtype, quantization, batch)
+        if hardware.ram_gb and not memory.fits:
+            raise ConfigError(
+                f"{self.facts.name} needs about {memory.used_gb:.1f} GB of RAM in {dtype} at batch {batch}, and "
+                f"{hardware.describe()} has {memory.capacity_gb:.1f} GB usable; use "
+                + ("a smaller max_batch_size, " if batch > 1 else "")
+                + "quantization='int8', or a GPU sku=.",
+                needed_gb=memory.used_gb,
+                capacity_gb=memory.capacity_gb,
+            )
+        weights, workspace, headroom, capacity = (
+            memory.weights_gb, memory.workspace_gb, memory.headroom_gb, memory.capacity_gb
+        )
+        tensor_parallel = self._cpu_tensor_parallel()
+        self.reasons["kernel_inject"] = "off: DeepSpeed-Inference's injected kernels are CUDA kernels."
+        self.reasons["cuda_graph"] = "off: CUDA graphs need a GPU."
+        self.reasons["zero_offload"] = "none: the weights already live in host memory."
+        self.reasons["max_batch_size"] = (
+            self.override_note("max_batch_size") + "."
+            if overrides.max_batch_size
+            else f"{batch}: batching amortizes each pass over the weights (CPU throughput grows up to batch "
+            f"{CPU_BATCH})" + ("." if batch == CPU_BATCH else "; smaller so that the KV cache fits in RAM.")
+        )
+        free = max(0.0, capacity - weights - workspace - headroom)
+        per_token = self.kv_bytes_per_token(dtype)
+        return self.finish(
+            dtype=dtype,
+            tensor_parallel=tensor_parallel,
+            kernel_inject=False,
+            quantization=quantization,
+            zero_offload=None,
+            cuda_graph=False,
+            max_batch_size=batch,
+            kv_cache_gb=round(free, 3),
+            kv_cache_tokens=int(free * GB / per_token) if per_token else 0,
+            memory=memory,
+        )
+
+    def _cpu_tensor_parallel(self) -> int:
+        given = self.overrides.tensor_parallel
+        if given is None or given == 1:
+            self.reasons["tensor_parallel"] = (
+                self.override_note("tensor_parallel") + "." if given else
+                "1: one CPU process serves the model; slicing it across processes only splits the same cores."
+            )
+            return 1
+        heads = self.facts.num_attention_heads or 1
+        cores = self.hardware.cpu_cores
+        if given > cores or heads % given:
+            valid = [degree for degree in range(1, cores + 1) if heads % degree == 0]
+            raise ConfigError(
+                f"tensor_parallel={given} on {self.hardware.describe()} must divide the {heads} attention heads and "
+                f"not exceed the {cores} cores; use tensor_parallel={max(valid)}.",
+                conflict="tensor_parallel",
+                nearest=max(valid),
+            )
+        self.reasons["tensor_parallel"] = (
+            self.override_note("tensor_parallel") + f": AutoTP slices the model across {given} CPU processes (gloo)."
+        )
+        return given
+
+    def _host_memory(self, dtype: str, quantization: Optional[str], batch: int) -> MemoryBreakdown:
+        capacity = (self.hardware.ram_gb or 0.0) * HOST_RAM_USABLE
+        return MemoryBreakdown(
+            capacity_gb=capacity,
+            weights_gb=self.weights_gb(dtype, quantization),
+            kv_cache_gb=self.kv_bytes_per_token(dtype) * batch * self.sequence_tokens / GB,
+            workspace_gb=self.workspace_gb(batch, dtype),
+            headroom_gb=capacity * HEADROOM_FRACTION,
+        )
+
+    def _cpu_dtype(self) -> str:
+        if self.facts.is_diffusion:
+            self.reasons["dtype"] = "float32: diffusion pipelines are run in full precision on CPU (the VAE degrades in bf16)."
+            return "float32"
+        if self.hardware.bf16:
+            self.reasons["dtype"] = (
+                "bfloat16: this CPU has native bf16 instructions (AVX-512 BF16/AMX), which halve the bytes read "
+                "per token, and bf16 keeps fp32's range."
+            )
+            return "bfloat16"
+        self.reasons["dtype"] = "float32: this CPU has no native bf16 or fp16 arithmetic, so lower precision would be emulated and slower."
+        return "float32"
+
+    def _cpu_quantization(self) -> Optional[str]:
+        if self.overrides.quantization != "int8":
+            self.reasons["quantization"] = "none: int8 dynamic quantization only on request on CPU (it changes outputs)."
+            return None
+        if self.facts.model_type == "gpt2" or self.facts.is_diffusion:
+            raise ConfigError(
+                f"quantization='int8' on CPU quantizes nn.Linear layers, and {self.facts.architecture} keeps its "
+                "weights elsewhere (GPT-2's Conv1D, diffusion convolutions); use quantization=None.",
+                conflict="quantization",
+            )
+        self.reasons["quantization"] = self.override_note("quantization") + ": torch dynamic int8 quantization of nn.Linear."
+        return "int8"
+
+
+class _GpuPlanner(_Planner):
+    """GPU serving with DeepSpeed-Inference."""
+
+    def plan(self) -> OptimizationPlan:
+        self.common_reasons()
+        dtype = self._gpu_dtype()
+        kernel_inject = self._kernel_inject()
+        quantization_options = self._quantization_options()
+        fitted = self._fit(dtype, quantization_options)
+        if fitted is None:
+            return self._offload_plan(dtype, kernel_inject)
+        quantization, tensor_parallel = fitted
+        batch = self._batch(dtype, quantization, tensor_parallel)
+        memory = self._memory(dtype, quantization, tensor_parallel, batch)
+        cuda_graph = self._cuda_graph(kernel_inject, tensor_parallel, offload=None, batch=batch)
+        free = memory.capacity_gb - memory.weights_gb - memory.workspace_gb - memory.headroom_gb
+        per_token = self.kv_bytes_per_token(dtype) / tensor_parallel
+        return self.finish(
+            dtype=dtype,
+            tensor_parallel=tensor_parallel,
+            kernel_inject=kernel_inject,
+            quantization=quantization,
+            zero_offload=None,
+            cuda_graph=cuda_graph,
+            max_batch_size=batch,
+            kv_cache_gb=round(max(0.0, free), 3),
+            kv_cache_tokens=int(max(0.0, free) * GB / per_token) if per_token else 0,
+            memory=memory,
+        )
+
+    # --- choices ---------------------------------------------------------------------------
+    def _gpu_dtype(self) -> str:
+        chosen = self.overrides.dtype
+        if chosen == "bfloat16" and not self.hardware.bf16:
+            raise ConfigError(
+                f"dtype='bfloat16' is not supported by the {self.hardware.gpu_model} GPUs of {self.hardware.name}; "
+                "use dtype='float16'.",
+                conflict="dtype",
+            )
+        if chosen:
+            self.reasons["dtype"] = self.override_note("dtype") + "."
+            return chosen
+        if self.facts.dtype == "bfloat16" and self.hardware.bf16:
+            self.reasons["dtype"] = "bfloat16: the model was trained in bf16 and these GPUs run it natively."
+            return "bfloat16"
+        self.reasons["dtype"] = (
+            f"float16: half precision halves memory and bandwidth against fp32, and the model "
+            f"({self.facts.dtype}) does not require bf16"
+            + ("" if self.hardware.bf16 else f"; the {self.hardware.gpu_model} has no bf16 tensor cores")
+            + "."
+        )
+        return "float16"
+
+    def _kernel_inject(self) -> bool:
+        model_type = self.facts.model_type or ""
+        has_policy = model_type in INJECTION_POLICIES and model_type not in BROKEN_INJECTION
+        if self.overrides.kernel_inject is not None:
+            if self.overrides.kernel_inject and not has_policy:
+                why = BROKEN_INJECTION.get(model_type, f"DeepSpeed-Inference has no injection policy for {model_type}")
+                raise ConfigError(
+                    f"kernel_inject=True cannot work for {self.facts.architecture}: {why}; use kernel_inject=False "
+                    "(AutoTP tensor slicing still applies).",
+                    conflict="kernel_inject",
+                )
+            self.reasons["kernel_inject"] = self.override_note("kernel_inject") + "."
+            return self.overrides.kernel_inject
+        if has_policy:
+            what = "UNet, VAE and CLIP text encoder" if self.facts.is_diffusion else f"{model_type} transformer layers"
+            self.reasons["kernel_inject"] = f"on: DeepSpeed-Inference has fused kernels for {what}."
+            return True
+        if model_type in BROKEN_INJECTION:
+            self.reasons["kernel_inject"] = f"off: {BROKEN_INJECTION[model_type]}; AutoTP tensor slicing is used instead."
+        else:
+            self.reasons["kernel_inject"] = f"off: no injection policy for {model_type}; AutoTP tensor slicing is used instead."
+        return False
+
+    def _quantization_options(self) -> list[Optional[str]]:
+        asked = self.overrides.quantization
+        int8_ok = (self.facts.model_type or "") in INT8_FAMILIES
+        if asked == "int8" and not int8_ok:
+            raise ConfigError(
+                f"quantization='int8' is not supported for {self.facts.architecture} by DeepSpeed-Inference "
+                f"(int8 kernels exist for {', '.join(sorted(INT8_FAMILIES))}); use quantization=None.",
+                conflict="quantization",
+            )
+        if asked == "int8":
+            return ["int8"]
+        if asked == "none" or not int8_ok:
+            return [None]
+        return [None, "int8"]
+
+    def _tensor_parallel_options(self) -> list[int]:
+        heads = self.facts.num_attention_heads or 1
+        gpus = self.hardware.gpus
+        given = self.overrides.tensor_parallel
+        valid = [degree for degree in range(1, gpus + 1) if heads % degree == 0 and gpus % degree == 0]
+        if given is None:
+            return valid
+        if given > gpus:
+            raise ConfigError(
+                f"tensor_parallel={given} exceeds the {gpus} GPU{'s' if gpus > 1 else ''} of {self.hardware.name}; "
+                f"use tensor_parallel={max(valid)} or a SKU with more GPUs.",
+                conflict="tensor_parallel",
+                nearest=max(valid),
+            )
+        if heads % given:
+            nearest = min(valid, key=lambda degree: (abs(degree - given), -degree))
+            raise ConfigError(
+                f"tensor_parallel={given} does not divide the {heads} attention heads of {self.facts.name}; "
+                f"use tensor_parallel={nearest}.",
+                conflict="tensor_parallel",
+                nearest=nearest,
+            )
+        return [given]
+
+    def _fit(self, dtype: str, quantizations: list[Optional[str]]) -> Optional[tuple[Optional[str], int]]:
+        """The first (quantization, tensor_parallel) whose weights, KV cache for one sequence,
+        workspace and headroom fit each GPU; None if none does."""
+        options = self._tensor_parallel_options()
+        if self.overrides.zero_offload not in (None, "none"):
+            return None
+        for quantization in quantizations:
+            for degree in options:
+                if self._memory(dtype, quantization, degree, batch=1).fits:
+                    self._explain_fit(dtype, quantization, degree)
+                    return quantization, degree
+        if self.overrides.tensor_parallel is not None or self.overrides.quantization is not None:
+            self._explain_override_misfit(dtype, quantizations, options)
+        return None
+
+    def _explain_fit(self, dtype: str, quantization: Optional[str], degree: int) -> None:
+        capacity = self.hardware.gpu_memory_gb
+        fp_weights = self.weights_gb(dtype, None)
+        if quantization == "int8":
+            self.reasons["quantization"] = (
+                self.override_note("quantization") + "."
+                if self.overrides.quantization == "int8"
+                else f"int8: {fp_weights:.0f} GB of {dtype} weights do not fit {self.hardware.gpus}x {capacity:g} GB "
+                f"with KV cache and headroom; int8 weights ({self.weights_gb(dtype, 'int8'):.0f} GB) do."
+            )
+        else:
+            self.reasons["quantization"] = f"none: {dtype} weights fit, so no accuracy is traded for memory."
+        if self.overrides.tensor_parallel is not None:
+            self.reasons["tensor_parallel"] = self.override_note("tensor_parallel") + "."
+        elif degree == 1:
+            self.reasons["tensor_parallel"] = "1: the model fits one GPU, so no GPU-to-GPU communication is needed."
+        else:
+            self.reasons["tensor_parallel"] = (
+                f"{degree}: the smallest degree that divides the {self.facts.num_attention_heads} heads and holds "
+                f"{self.weights_gb(dtype, quantization) / degree:.1f} GB of weights per {capacity:g} GB GPU with "
+                "KV cache, workspace and headroom."
+            )
+        self.reasons["zero_offload"] = "none: the weights fit in GPU memory."
+
+    def _explain_override_misfit(self, dtype: str, quantizations: list[Optional[str]], options: list[int]) -> None:
+        quantization = quantizations[-1]
+        degree = options[-1]
+        memory = self._memory(dtype, quantization, degree, batch=1)
+        nearest = self._nearest_fitting(dtype)
+        raise ConfigError(
+            f"With tensor_parallel={degree} and quantization={quantization!r}, {self.facts.name} needs "
+            f"{memory.used_gb:.1f} GB per GPU and {self.hardware.name} has {memory.capacity_gb:g} GB; "
+            f"{nearest}.",
+            conflict="memory",
+            needed_gb=memory.used_gb,
+            capacity_gb=memory.capacity_gb,
+        )
+
+    def _nearest_fitting(self, dtype: str) -> str:
+        heads = self.facts.num_attention_heads or 1
+        gpus = self.hardware.gpus
+        for quantization in ([None, "int8"] if (self.facts.model_type or "") in INT8_FAMILIES else [None]):
+            for degree in range(1, gpus + 1):
+                if heads % degree == 0 and gpus % degree == 0 and self._memory(dtype, quantization, degree, 1).fits:
+                    return f"use tensor_parallel={degree}, quantization={quantization!r} (or leave both to the planner)"
+        return "leave tensor_parallel and quantization to the planner (it offloads with ZeRO-Inference) or pick a larger SKU"
+
+    def _batch(self, dtype: str, quantization: Optional[str], tensor_parallel: int) -> int:
+        if self.overrides.max_batch_size:
+            memory = self._memory(dtype, quantization, tensor_parallel, self.overrides.max_batch_size)
+            if not memory.fits:
+                fitting = self._largest_fitting_batch(dtype, quantization, tensor_parallel)
+                raise ConfigError(
+                    f"max_batch_size={self.overrides.max_batch_size} needs {memory.used_gb:.1f} GB per GPU for its KV "
+                    f"cache and activations, more than the {memory.capacity_gb:g} GB there; use max_batch_size={fitting}.",
+                    conflict="max_batch_size",
+                    nearest=fitting,
+                )
+            self.reasons["max_batch_size"] = self.override_note("max_batch_size") + "."
+            return self.overrides.max_batch_size
+        batch = self._largest_fitting_batch(dtype, quantization, tensor_parallel)
+        what = "KV cache" if self.generation else "activations"
+        self.reasons["max_batch_size"] = (
+            f"{batch}: the largest power of two (up to {MAX_PLANNED_BATCH}) whose {what} for full-length inputs "
+            "fit next to the weights."
+        )
+        return batch
+
+    def _largest_fitting_batch(self, dtype: str, quantization: Optional[str], tensor_parallel: int) -> int:
+        batch = 1
+        while batch * 2 <= MAX_PLANNED_BATCH and self._memory(dtype, quantization, tensor_parallel, batch * 2).fits:
+            batch *= 2
+        return batch
+
+    def _cuda_graph(self, kernel_inject: bool, tensor_parallel: int, offload: Optional[str], batch: int) -> bool:
+        given = self.overrides.cuda_graph
+        if given:
+            if offload:
+                raise ConfigError(
+                    "cuda_graph=True cannot be combined with ZeRO-Inference offload (weights stream in during "
+                    "the pass); use cuda_graph=False, or a SKU where the model fits in GPU memory.",
+                    conflict="cuda_graph",
+                )
+            if tensor_parallel > 1:
+                raise ConfigError(
+                    f"cuda_graph=True is not supported by DeepSpeed-Inference with tensor_parallel={tensor_parallel}; "
+                    "use cuda_graph=False, or tensor_parallel=1 on a GPU that holds the model.",
+                    conflict="cuda_graph",
+                )
+            if not kernel_inject:
+                raise ConfigError(
+                    "cuda_graph=True needs kernel injection (DeepSpeed captures its injected kernels); use "
+                    "cuda_graph=False.",
+                    conflict="cuda_graph",
+                )
+        if given is not None:
+            self.reasons["cuda_graph"] = self.override_note("cuda_graph") + "."
+            return given
+        if offload:
+            self.reasons["cuda_graph"] = "off: offloaded weights stream in during each pass, which a graph cannot capture."
+        elif tensor_parallel > 1:
+            self.reasons["cuda_graph"] = "off: DeepSpeed-Inference does not capture CUDA graphs with tensor parallelism."
+        elif not kernel_inject:
+            self.reasons["cuda_graph"] = "off: CUDA graphs are captured over DeepSpeed's injected kernels, which are not used."
+        elif self.task not in STATIC_SHAPE_TASKS:
+            self.reasons["cuda_graph"] = "off: generation changes shapes every step (growing KV cache), so a graph would be re-captured."
+        else:
+            self.reasons["cuda_graph"] = (
+                f"on: {self.task} runs fixed shapes per batch size, so replaying a captured graph removes "
+                "kernel-launch overhead at small batches."
+            )
+            return True
+        return False
+
+    def _offload_plan(self, dtype: str, kernel_inject: bool) -> OptimizationPlan:
+        """ZeRO-Inference: weights in host memory (or NVMe), streamed to one GPU layer by layer."""
+        weights = self.weights_gb(dtype, None)
+        ram = self.hardware.ram_gb or 0.0
+        asked = self.overrides.zero_offload
+        target = asked if asked in ("cpu", "nvme") else ("cpu" if weights <= ram * HOST_RAM_USABLE else "nvme")
+        if asked == "cpu" and weights > ram * HOST_RAM_USABLE:
+            raise ConfigError(
+                f"zero_offload='cpu' needs {weights:.0f} GB of host memory for the weights and {self.hardware.name} "
+                f"has {ram * HOST_RAM_USABLE:.0f} GB usable; use zero_offload='nvme'.",
+                conflict="zero_offload",
+            )
+        layers = self.facts.num_layers or 1
+        layer_gb = weights / layers
+        capacity = self.hardware.gpu_memory_gb
+        batch = 1
+        memory = self._offload_memory(dtype, layer_gb, weights, batch)
+        if not memory.fits:
+            raise ConfigError(
+                f"{self.facts.name} cannot fit {self.hardware.name} even with ZeRO-Inference offload: one layer "
+                f"({layer_gb:.1f} GB) with KV cache and workspace needs {memory.used_gb:.1f} GB of a {capacity:g} GB GPU. "
+                "Pick a SKU with more GPU memory.",
+                conflict="memory",
+            )
+        while batch * 2 <= MAX_PLANNED_BATCH and self._offload_memory(dtype, layer_gb, weights, batch * 2).fits:
+            batch *= 2
+        if self.overrides.max_batch_size:
+            batch = self.overrides.max_batch_size
+            memory = self._offload_memory(dtype, layer_gb, weights, batch)
+            if not memory.fits:
+                raise ConfigError(
+                    f"max_batch_size={batch} does not fit next to the streamed layers on {self.hardware.name}; "
+                    "use a smaller max_batch_size.",
+                    conflict="max_batch_size",
+                )
+        memory = self._offload_memory(dtype, layer_gb, weights, batch)
+        int8_weights = self.weights_gb(dtype, "int8")
+        self.reasons["quantization"] = (
+            "none: ZeRO-Inference streams fp16 weights; "
+            + (
+                f"even int8 ({int8_weights:.0f} GB) does not fit {self.hardware.gpus}x {capacity:g} GB."
+                if (self.facts.model_type or "") in INT8_FAMILIES
+                else f"{weights:.0f} GB of weights do not fit {self.hardware.gpus}x {capacity:g} GB."
+            )
+        )
+        self.reasons["tensor_parallel"] = "1: with offload each GPU streams the whole model; more GPUs serve more replicas."
+        where = "host memory" if target == "cpu" else f"local NVMe (it needs {weights:.0f} GB; host memory has {ram:.0f} GB)"
+        self.reasons["zero_offload"] = (
+            self.override_note("zero_offload") + f": weights kept in {where}."
+            if asked in ("cpu", "nvme")
+            else f"{target}: the weights do not fit in GPU memory, so ZeRO-Inference keeps them in {where} and "
+            "streams them layer by layer; expect throughput bound by PCIe."
+        )
+        self.reasons["max_batch_size"] = (
+            f"{batch}: large batches amortize each layer's transfer; the largest power of two whose KV cache fits."
+        )
+        cuda_graph = self._cuda_graph(kernel_inject, 1, offload=target, batch=batch)
+        free = max(0.0, capacity - memory.weights_gb - memory.workspace_gb - memory.headroom_gb)
+        per_token = self.kv_bytes_per_token(dtype)
+        return self.finish(
+            dtype=dtype,
+            tensor_parallel=1,
+            kernel_inject=kernel_inject,
+            quantization=None,
+            zero_offload=target,
+            cuda_graph=cuda_graph,
+            max_batch_size=batch,
+            kv_cache_gb=round(free, 3),
+            kv_cache_tokens=int(free * GB / per_token) if per_token else 0,
+            memory=memory,
+        )
+
+    # --- memory ----------------------------------------------------------------------------
+    def _memory(self, dtype: str, quantization: Optional[str], tensor_parallel: int, batch: int) -> MemoryBreakdown:
+        capacity = self.hardware.gpu_memory_gb
+        kv_dtype = "float16" if dtype == "float32" and quantization else dtype
+        return MemoryBreakdown(
+            capacity_gb=capacity,
+            weights_gb=self.weights_gb(dtype, quantization) / tensor_parallel,
+            kv_cache_gb=self.kv_bytes_per_token(kv_dtype) * batch * self.sequence_tokens / tensor_parallel / GB,
+            workspace_gb=self.workspace_gb(batch, dtype, tensor_parallel),
+            headroom_gb=capacity * HEADROOM_FRACTION,
+        )
+
+    def _offload_memory(self, dtype: str, layer_gb: float, weights_gb: float, batch: int) -> MemoryBreakdown:
+        capacity = self.hardware.gpu_memory_gb
+        resident = 2 * layer_gb  # the layer computing and the next one arriving
+        return MemoryBreakdown(
+            capacity_gb=capacity,
+            weights_gb=resident,
+            kv_cache_gb=self.kv_bytes_per_token(dtype) * batch * self.sequence_tokens / GB,
+            workspace_gb=self.workspace_gb(batch, dtype),
+            headroom_gb=capacity * HEADROOM_FRACTION,
+            offloaded_gb=weights_gb - resident,
+        )

@@ -41,6 +41,11 @@ class ServingSettings(BaseModel):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     max_image_side: int = Field(1024, ge=8, description="Largest height or width of a generated image.")
     request_timeout_s: float = Field(120.0, gt=0, description="A request running longer gets a 504.")
+    max_batch_size: Optional[int] = Field(
+        None, ge=1, description="Most inputs run together in one batch; defaults to the optimization plan's."
+    )
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long a batch waits for more requests to join.")
+    max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get a 503 with Retry-After.")
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "ServingSettings":

@@ -398,13 +398,19 @@ class _CpuPlanner(_Planner):
         if self.facts.is_diffusion:
             self.reasons["dtype"] = "float32: diffusion pipelines are run in full precision on CPU (the VAE degrades in bf16)."
             return "float32"
+        if not self.generation:
+            self.reasons["dtype"] = (
+                f"float32: {self.task} is one compute-light pass per input, and its scores and vectors are "
+                "compared with fp32 references, so halving precision would cost accuracy for little speed."
+            )
+            return "float32"
         if self.hardware.bf16:
             self.reasons["dtype"] = (
-                "bfloat16: this CPU has native bf16 instructions (AVX-512 BF16/AMX), which halve the bytes read "
-                "per token, and bf16 keeps fp32's range."
+                "bfloat16: decoding reads every weight once per token, this CPU has native bf16 instructions "
+                "(AVX-512 BF16/AMX) that halve those bytes, and bf16 keeps fp32's range."
             )
             return "bfloat16"
-        self.reasons["dtype"] = "float32: this CPU has no native bf16 or fp16 arithmetic, so lower precision would be emulated and slower."
+        self.reasons["dtype"] = "float32: this CPU has no native bf16 arithmetic, so lower precision would be emulated and slower."
         return "float32"
 
     def _cpu_quantization(self) -> Optional[str]:

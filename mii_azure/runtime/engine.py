@@ -1,18 +1,21 @@
-"""The engine: one loaded model serving one task, shared by every request of a process."""
+"""The engine: one loaded, optimized model serving one task, shared by every request of a process."""
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ServingSettings
-from ..errors import RequestTimeoutError
+from ..errors import ConfigError
+from ..hardware import Hardware
 from ..models import ModelFacts, find_model_folder, resolve_model, resolve_task
+from ..planner import OptimizationPlan, make_plan
 from ..tasks import get_task
 from ..tasks.base import Deadline, LoadOptions, ScoringRequest, Task
+from .batcher import Batcher
+from .optimize import AppliedPlan, apply_plan
 
 __all__ = ["Engine"]
 
@@ -23,14 +26,24 @@ _WARM_UP_TIMEOUT_S = 3600.0
 
 
 class Engine:
-    """Runs validated requests through a loaded task, one model call at a time."""
+    """Runs validated requests through a loaded task, batching concurrent ones."""
 
-    def __init__(self, task: Task, *, load_seconds: float = 0.0) -> None:
+    def __init__(self, task: Task, plan: OptimizationPlan, applied: AppliedPlan, *, load_seconds: float = 0.0) -> None:
         self.task = task
+        self.plan = plan
+        self.applied = applied
         self.facts: ModelFacts = task.facts
         self.settings: ServingSettings = task.settings
         self.load_seconds = load_seconds
-        self._lock = threading.Lock()
+        # Looked up on each call, so the task (or its model) can be swapped under the batcher.
+        self.batcher = Batcher(
+            lambda inputs, parameters, deadline: self.task.predict(inputs, parameters, deadline),
+            check=lambda inputs, parameters: self.task.check(inputs, parameters),
+            can_share=lambda parameters: self.task.shares_batches(parameters),
+            max_batch_size=self.settings.max_batch_size or plan.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue=self.settings.max_queue,
+        )
 
     @classmethod
     def load(
@@ -38,24 +51,37 @@ class Engine:
         model_dir: Path,
         *,
         settings: Optional[ServingSettings] = None,
-        options: Optional[LoadOptions] = None,
+        plan: Optional[OptimizationPlan] = None,
+        hardware: Optional[Hardware] = None,
     ) -> "Engine":
-        """Resolve the model in ``model_dir`` (or one level down), load it for its task, and warm it up."""
+        """Resolve the model in ``model_dir`` (or one level down), plan it for ``hardware`` (this
+        machine by default) unless ``plan`` is given, load and optimize it, and warm it up."""
         settings = settings or ServingSettings()
-        options = options or LoadOptions()
         started = time.perf_counter()
         folder = find_model_folder(Path(model_dir))
         facts = resolve_model(folder)
         task_name = resolve_task(facts, settings.task)
+        plan = plan or make_plan(facts, hardware or Hardware.local(), task=task_name)
+        if plan.task != task_name:
+            raise ConfigError(
+                f"The plan is for {plan.task!r} but this deployment serves {task_name!r}; make the plan with task={task_name!r}.",
+                conflict="task",
+            )
+        options = LoadOptions(device="cuda" if plan.hardware.kind == "gpu" else "cpu", dtype=plan.dtype)
         logger.info("Loading %s from %s for %s (%s on %s)", facts.architecture, folder, task_name, options.dtype, options.device)
         task = get_task(task_name).load(folder, facts, settings, options)
-        engine = cls(task, load_seconds=time.perf_counter() - started)
+        applied = apply_plan(task, plan)
+        for fallback in applied.fallbacks:
+            logger.warning("Plan not applied as planned: %s", fallback)
+        engine = cls(task, plan, applied, load_seconds=time.perf_counter() - started)
         engine.warm_up()
         logger.info(
-            "Loaded %s (%s parameters, %s) for %s in %.1f s",
+            "Loaded %s (%s parameters, %s%s, batches up to %d) for %s in %.1f s",
             facts.name,
             f"{facts.parameter_count:,}" if facts.parameter_count else "unknown",
-            options.dtype,
+            applied.dtype,
+            f", {applied.quantization}" if applied.quantization else "",
+            engine.batcher.max_batch_size,
             task_name,
             engine.load_seconds,
         )
@@ -68,21 +94,14 @@ class Engine:
 
     def warm_up(self) -> list[Any]:
         """Answer the task's sample input once, so the first real request is not the slow one."""
-        task_cls = type(self.task)
-        parameters = task_cls.parse_parameters({})
+        parameters = type(self.task).parse_parameters({})
         request = ScoringRequest(inputs=self.task.sample_inputs, parameters=parameters)
         return self.infer(request, Deadline(_WARM_UP_TIMEOUT_S))
 
     def infer(self, request: ScoringRequest, deadline: Deadline) -> list[Any]:
-        """Check and run one request; entries in input order."""
-        if not self._lock.acquire(timeout=deadline.remaining()):
-            raise RequestTimeoutError(
-                f"The request waited {deadline.timeout_s:g} s for the model without getting a turn; the "
-                "deployment is overloaded. Retry later or add instances.",
-                timeout_s=deadline.timeout_s,
-            )
-        try:
-            self.task.check(request.inputs, request.parameters)
-            return self.task.predict(request.inputs, request.parameters, deadline)
-        finally:
-            self._lock.release()
+        """Check and run one request in some batch; its entries in input order."""
+        return self.batcher.submit(request.inputs, request.parameters, deadline)
+
+    def close(self) -> None:
+        """Finish queued requests and stop the batching worker."""
+        self.batcher.close()

@@ -25,7 +25,7 @@ from ..errors import (
     ScoringError,
     ServiceUnavailableError,
 )
-from ..tasks.base import Deadline, LoadOptions
+from ..tasks.base import Deadline
 from .engine import Engine
 
 __all__ = ["ScoringService", "HttpReply", "configure_logging", "not_ready_reply", "error_reply", "MODEL_DIR_ENV"]
@@ -66,7 +66,7 @@ class ScoringService:
                 variable=MODEL_DIR_ENV,
             )
         settings = ServingSettings.from_env(environ)
-        return cls(Engine.load(Path(model_dir), settings=settings, options=LoadOptions()))
+        return cls(Engine.load(Path(model_dir), settings=settings))
 
     # --- the JSON contract -----------------------------------------------------------------
     def score(self, payload: Any) -> dict[str, Any]:

@@ -183,6 +183,10 @@ class Task(ABC):
     def check(self, inputs: list[Any], parameters: TaskParameters) -> None:
         """Checks that need the tokenizer (input lengths); raises a RequestError."""
 
+    def shares_batches(self, parameters: TaskParameters) -> bool:
+        """Whether a request with these parameters may run in one batch with other requests."""
+        return True
+
     @abstractmethod
     def predict(self, inputs: list[Any], parameters: TaskParameters, deadline: Deadline) -> list[Any]:
         """One response entry (DESIGN.md section 3) per input, in order."""

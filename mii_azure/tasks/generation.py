@@ -71,6 +71,10 @@ class _GenerationTask(TextModelTask):
         """Most new tokens the model can add after a prompt of this length (None: no fixed limit)."""
         return None
 
+    def shares_batches(self, parameters: GenerationParameters) -> bool:  # type: ignore[override]
+        # A seeded sample must draw the same random numbers as it would alone.
+        return not (parameters.sampling and parameters.seed is not None)
+
     def check(self, inputs: list[str], parameters: GenerationParameters) -> None:  # type: ignore[override]
         limit = self.settings.max_new_tokens_limit
         if parameters.max_new_tokens > limit:

@@ -72,6 +72,10 @@ class TextToImage(Task):
     def sample_inputs(self) -> list[Any]:
         return ["a red circle"]
 
+    def shares_batches(self, parameters: TextToImageParameters) -> bool:  # type: ignore[override]
+        # A seeded image must start from the same noise as it would alone.
+        return parameters.seed is None
+
     def check(self, inputs: list[str], parameters: TextToImageParameters) -> None:  # type: ignore[override]
         for side in ("height", "width"):
             value = getattr(parameters, side)

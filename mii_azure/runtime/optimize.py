@@ -1,0 +1,141 @@
+"""Apply an OptimizationPlan to a loaded task, and record what was actually applied.
+
+On CPU: the planned dtype is applied at load time; int8 means torch dynamic quantization of the
+``nn.Linear`` layers. On GPU: ``deepspeed.init_inference`` with the planned dtype, tensor
+parallelism, kernel injection and CUDA graphs. Anything that falls back (an injection policy that
+fails on this transformers version, say) is recorded with its reason, never silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import ConfigError, MissingDependencyError
+from ..planner import OptimizationPlan
+from ..tasks.base import Task
+
+__all__ = ["AppliedPlan", "apply_plan"]
+
+logger = logging.getLogger(__name__)
+
+
+class AppliedPlan(BaseModel):
+    """What the engine really runs with, next to the plan it was asked to apply."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    dtype: str
+    quantization: Optional[str]
+    deepspeed: bool
+    kernel_inject: bool
+    tensor_parallel: int
+    cuda_graph: bool
+    zero_offload: Optional[str]
+    fallbacks: tuple[str, ...] = ()
+
+
+def apply_plan(task: Task, plan: OptimizationPlan) -> AppliedPlan:
+    """Optimize ``task``'s model in place as ``plan`` says; the record of what was applied."""
+    if plan.tensor_parallel > 1:
+        raise ConfigError(
+            f"tensor_parallel={plan.tensor_parallel} needs one serving process per rank, which this engine "
+            "does not start yet; use tensor_parallel=1 (or a SKU whose GPUs hold the model alone).",
+            conflict="tensor_parallel",
+        )
+    if plan.hardware.kind == "cpu":
+        return _apply_on_cpu(task, plan)
+    return _apply_on_gpu(task, plan)
+
+
+def _apply_on_cpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
+    if plan.quantization == "int8":
+        import torch
+
+        model = _model_of(task)
+        quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        _set_model(task, quantized)
+    return AppliedPlan(
+        dtype=plan.dtype,
+        quantization=plan.quantization,
+        deepspeed=False,
+        kernel_inject=False,
+        tensor_parallel=1,
+        cuda_graph=False,
+        zero_offload=None,
+    )
+
+
+def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "GPU plans are applied with DeepSpeed-Inference: DS_BUILD_OPS=0 pip install --no-build-isolation "
+            "'mii-azure[deepspeed]'.",
+            package="deepspeed",
+            install="pip install 'mii-azure[deepspeed]'",
+        ) from exc
+    import torch
+
+    if plan.zero_offload:
+        raise ConfigError(
+            f"zero_offload={plan.zero_offload!r} is planned but this engine does not stream weights with "
+            "ZeRO-Inference yet; pick a SKU where the model fits in GPU memory (mii-azure plan shows which).",
+            conflict="zero_offload",
+        )
+    dtype = torch.int8 if plan.quantization == "int8" else getattr(torch, plan.dtype)
+    fallbacks: list[str] = []
+    kernel_inject, cuda_graph = plan.kernel_inject, False
+    if plan.cuda_graph:
+        fallbacks.append(
+            "CUDA graphs are planned but not applied: the tasks call the injected model directly, not through "
+            "DeepSpeed's engine that captures graphs"
+        )
+    model = _model_of(task)
+    try:
+        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject, cuda_graph)
+    except Exception as exc:  # an injection policy that does not match this transformers version
+        if not kernel_inject:
+            raise
+        fallbacks.append(f"kernel injection failed ({type(exc).__name__}: {exc}); fell back to AutoTP without it")
+        logger.warning("Kernel injection failed, falling back to AutoTP: %s", exc)
+        kernel_inject, cuda_graph = False, False
+        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject, cuda_graph)
+    _set_model(task, engine.module if hasattr(engine, "module") else engine)
+    return AppliedPlan(
+        dtype=plan.dtype,
+        quantization=plan.quantization,
+        deepspeed=True,
+        kernel_inject=kernel_inject,
+        tensor_parallel=plan.tensor_parallel,
+        cuda_graph=cuda_graph,
+        zero_offload=None,
+        fallbacks=tuple(fallbacks),
+    )
+
+
+def _init_inference(deepspeed: Any, model: Any, plan: OptimizationPlan, dtype: Any, kernel_inject: bool, cuda_graph: bool) -> Any:
+    return deepspeed.init_inference(
+        model,
+        dtype=dtype,
+        tensor_parallel={"tp_size": plan.tensor_parallel},
+        replace_with_kernel_inject=kernel_inject,
+        enable_cuda_graph=cuda_graph,
+    )
+
+
+def _model_of(task: Task) -> Any:
+    model = getattr(task, "model", None) or getattr(task, "pipeline", None)
+    if model is None:
+        raise ConfigError(f"The {task.name} task holds no model to optimize.")
+    return model
+
+
+def _set_model(task: Task, model: Any) -> None:
+    if hasattr(task, "model"):
+        task.model = model  # type: ignore[attr-defined]
+    else:
+        task.pipeline = model  # type: ignore[attr-defined]

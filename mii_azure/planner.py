@@ -215,9 +215,7 @@ class _Planner:
             self.max_new_tokens = 0
             self.max_input_tokens = overrides.max_input_tokens or CLIP_PROMPT_TOKENS
         elif task == "text-generation" and facts.max_positions:
-            # Prompt and continuation share the model's positions.
-            self.max_new_tokens = overrides.max_new_tokens or min(DEFAULT_NEW_TOKENS, context // 4)
-            self.max_input_tokens = overrides.max_input_tokens or context - self.max_new_tokens
+            self._fit_prompt_and_continuation(context)
         else:
             self.max_new_tokens = (overrides.max_new_tokens or DEFAULT_NEW_TOKENS) if self.generation else 0
             self.max_input_tokens = overrides.max_input_tokens or context
@@ -235,6 +233,11 @@ class _Planner:
     @property
     def sequence_tokens(self) -> int:
         return self.max_input_tokens + self.max_new_tokens
+
+    @staticmethod
+    def kv_dtype(dtype: str, quantization: Optional[str]) -> str:
+        """The KV cache stays in half precision when int8 weights are asked for next to fp32."""
+        return "float16" if dtype == "float32" and quantization else dtype
 
     def kv_bytes_per_token(self, dtype: str) -> float:
         """KV-cache bytes per token for the whole model (0 for encoders and pipelines)."""
@@ -262,15 +265,55 @@ class _Planner:
     def override_note(self, name: str) -> str:
         return f"{name} was set by the caller"
 
+    def _fit_prompt_and_continuation(self, positions: int) -> None:
+        """Prompt and continuation share a decoder's positions."""
+        given_input, given_new = self.overrides.max_input_tokens, self.overrides.max_new_tokens
+        if given_new is not None and given_new >= positions:
+            raise ConfigError(
+                f"max_new_tokens={given_new} leaves no room for a prompt in the {positions} positions of "
+                f"{self.facts.name}; use max_new_tokens={positions // 4} (or at most {positions - 1}).",
+                conflict="max_new_tokens",
+                nearest=positions // 4,
+            )
+        if given_input is not None and given_new is not None and given_input + given_new > positions:
+            raise ConfigError(
+                f"max_input_tokens={given_input} plus max_new_tokens={given_new} exceed the {positions} positions "
+                f"of {self.facts.name}; use max_input_tokens={positions - given_new}.",
+                conflict="max_input_tokens",
+                nearest=positions - given_new,
+            )
+        if given_input is not None:
+            self.max_input_tokens = given_input
+            self.max_new_tokens = given_new or min(DEFAULT_NEW_TOKENS, positions - given_input)
+        else:
+            self.max_new_tokens = given_new or min(DEFAULT_NEW_TOKENS, positions // 4)
+            self.max_input_tokens = positions - self.max_new_tokens
+
     def _check_input_override(self) -> None:
-        limit = self.facts.max_positions
+        limit = CLIP_PROMPT_TOKENS if self.facts.is_diffusion else self.facts.max_positions
         given = self.overrides.max_input_tokens
-        if given and limit and given > limit and not self.facts.is_diffusion:
+        if given and limit and given > limit and self.facts.is_diffusion:
+            raise ConfigError(
+                f"max_input_tokens={given} is more than the CLIP text encoder of {self.facts.name} reads "
+                f"({limit} tokens); use max_input_tokens={limit} or less.",
+                conflict="max_input_tokens",
+                nearest=limit,
+            )
+        if given and limit and given > limit:
+            nearest = limit - 1 if self.task == "text-generation" else limit
             raise ConfigError(
                 f"max_input_tokens={given} is more than {self.facts.name} attends over ({limit} positions); "
-                f"use max_input_tokens={limit - 1 if self.task == 'text-generation' else limit} or less.",
-                max_input_tokens=given,
+                f"use max_input_tokens={nearest} or less.",
+                conflict="max_input_tokens",
+                nearest=nearest,
                 limit=limit,
+            )
+        if given and limit and given >= limit and self.task == "text-generation":
+            raise ConfigError(
+                f"max_input_tokens={given} leaves no position for a new token in {self.facts.name}'s {limit}; "
+                f"use max_input_tokens={limit - 1} or less.",
+                conflict="max_input_tokens",
+                nearest=limit - 1,
             )
 
     def common_reasons(self) -> None:
@@ -319,17 +362,28 @@ class _CpuPlanner(_Planner):
             self.reasons["dtype"] = self.override_note("dtype") + "."
         dtype = overrides.dtype or self._cpu_dtype()
         quantization = self._cpu_quantization()
-        batch = overrides.max_batch_size or CPU_BATCH
+        if not hardware.ram_gb:
+            raise ConfigError(
+                f"The RAM of {hardware.name} is unknown, so memory cannot be planned; describe the machine with "
+                "Hardware.cpu(cores=..., ram_gb=...).",
+                conflict="hardware",
+            )
+        fitting = CPU_BATCH
+        while fitting > 1 and not self._host_memory(dtype, quantization, fitting).fits:
+            fitting //= 2
+        batch = overrides.max_batch_size or fitting
         memory = self._host_memory(dtype, quantization, batch)
-        while not overrides.max_batch_size and not memory.fits and batch > 1:
-            batch //= 2
-            memory = self._host_memory(dtype, quantization, batch)
-        if hardware.ram_gb and not memory.fits:
+        if not memory.fits and overrides.max_batch_size and self._host_memory(dtype, quantization, fitting).fits:
+            raise ConfigError(
+                f"max_batch_size={batch} needs about {memory.used_gb:.1f} GB of RAM, and {hardware.describe()} has "
+                f"{memory.capacity_gb:.1f} GB usable; use max_batch_size={fitting}.",
+                conflict="max_batch_size",
+                nearest=fitting,
+            )
+        if not memory.fits:
             raise ConfigError(
                 f"{self.facts.name} needs about {memory.used_gb:.1f} GB of RAM in {dtype} at batch {batch}, and "
-                f"{hardware.describe()} has {memory.capacity_gb:.1f} GB usable; use "
-                + ("a smaller max_batch_size, " if batch > 1 else "")
-                + "quantization='int8', or a GPU sku=.",
+                f"{hardware.describe()} has {memory.capacity_gb:.1f} GB usable; use quantization='int8' or a GPU sku=.",
                 needed_gb=memory.used_gb,
                 capacity_gb=memory.capacity_gb,
             )
@@ -337,8 +391,16 @@ class _CpuPlanner(_Planner):
             memory.weights_gb, memory.workspace_gb, memory.headroom_gb, memory.capacity_gb
         )
         tensor_parallel = self._cpu_tensor_parallel()
-        self.reasons["kernel_inject"] = "off: DeepSpeed-Inference's injected kernels are CUDA kernels."
-        self.reasons["cuda_graph"] = "off: CUDA graphs need a GPU."
+        self.reasons["kernel_inject"] = (
+            self.override_note("kernel_inject") + ": no kernel injection."
+            if overrides.kernel_inject is False
+            else "off: DeepSpeed-Inference's injected kernels are CUDA kernels."
+        )
+        self.reasons["cuda_graph"] = (
+            self.override_note("cuda_graph") + ": no CUDA graphs."
+            if overrides.cuda_graph is False
+            else "off: CUDA graphs need a GPU."
+        )
         self.reasons["zero_offload"] = "none: the weights already live in host memory."
         self.reasons["max_batch_size"] = (
             self.override_note("max_batch_size") + "."
@@ -443,7 +505,7 @@ class _GpuPlanner(_Planner):
         memory = self._memory(dtype, quantization, tensor_parallel, batch)
         cuda_graph = self._cuda_graph(kernel_inject, tensor_parallel, offload=None, batch=batch)
         free = memory.capacity_gb - memory.weights_gb - memory.workspace_gb - memory.headroom_gb
-        per_token = self.kv_bytes_per_token(dtype) / tensor_parallel
+        per_token = self.kv_bytes_per_token(self.kv_dtype(dtype, quantization)) / tensor_parallel
         return self.finish(
             dtype=dtype,
             tensor_parallel=tensor_parallel,
@@ -472,12 +534,17 @@ class _GpuPlanner(_Planner):
         if self.facts.dtype == "bfloat16" and self.hardware.bf16:
             self.reasons["dtype"] = "bfloat16: the model was trained in bf16 and these GPUs run it natively."
             return "bfloat16"
-        self.reasons["dtype"] = (
-            f"float16: half precision halves memory and bandwidth against fp32, and the model "
-            f"({self.facts.dtype}) does not require bf16"
-            + ("" if self.hardware.bf16 else f"; the {self.hardware.gpu_model} has no bf16 tensor cores")
-            + "."
-        )
+        if self.facts.dtype == "bfloat16":
+            self.reasons["dtype"] = (
+                f"float16: the model was trained in bf16, but the {self.hardware.gpu_model} has no bf16 tensor "
+                "cores; fp16 is the closest native half precision."
+            )
+        else:
+            self.reasons["dtype"] = (
+                f"float16: half precision halves memory and bandwidth against fp32, and the model "
+                f"({self.facts.dtype}) was not trained in bf16"
+                + ("." if self.hardware.bf16 else f"; the {self.hardware.gpu_model} has no bf16 tensor cores anyway.")
+            )
         return "float16"
 
     def _kernel_inject(self) -> bool:
@@ -532,11 +599,15 @@ class _GpuPlanner(_Planner):
                 conflict="tensor_parallel",
                 nearest=max(valid),
             )
-        if heads % given:
+        if heads % given or gpus % given:
             nearest = min(valid, key=lambda degree: (abs(degree - given), -degree))
+            what = (
+                f"the {heads} attention heads of {self.facts.name}"
+                if heads % given
+                else f"the {gpus} GPUs of {self.hardware.name} (each replica uses the same number of GPUs)"
+            )
             raise ConfigError(
-                f"tensor_parallel={given} does not divide the {heads} attention heads of {self.facts.name}; "
-                f"use tensor_parallel={nearest}.",
+                f"tensor_parallel={given} does not divide {what}; use tensor_parallel={nearest}.",
                 conflict="tensor_parallel",
                 nearest=nearest,
             )
@@ -546,14 +617,22 @@ class _GpuPlanner(_Planner):
         """The first (quantization, tensor_parallel) whose weights, KV cache for one sequence,
         workspace and headroom fit each GPU; None if none does."""
         options = self._tensor_parallel_options()
-        if self.overrides.zero_offload not in (None, "none"):
+        offload_asked = self.overrides.zero_offload not in (None, "none")
+        offload_compatible = self.overrides.tensor_parallel in (None, 1) and self.overrides.quantization in (None, "none")
+        if offload_asked:
+            if not offload_compatible:
+                raise ConfigError(
+                    "ZeRO-Inference offload streams half-precision weights to one GPU per replica; with "
+                    f"zero_offload={self.overrides.zero_offload!r} use tensor_parallel=1 and quantization=None.",
+                    conflict="zero_offload",
+                )
             return None
         for quantization in quantizations:
             for degree in options:
                 if self._memory(dtype, quantization, degree, batch=1).fits:
                     self._explain_fit(dtype, quantization, degree)
                     return quantization, degree
-        if self.overrides.tensor_parallel is not None or self.overrides.quantization is not None:
+        if self.overrides.zero_offload == "none" or not offload_compatible:
             self._explain_override_misfit(dtype, quantizations, options)
         return None
 
@@ -569,6 +648,8 @@ class _GpuPlanner(_Planner):
             )
         else:
             self.reasons["quantization"] = f"none: {dtype} weights fit, so no accuracy is traded for memory."
+        if self.overrides.quantization == "none":
+            self.reasons["quantization"] = self.override_note("quantization") + f": {dtype} weights, not quantized."
         if self.overrides.tensor_parallel is not None:
             self.reasons["tensor_parallel"] = self.override_note("tensor_parallel") + "."
         elif degree == 1:
@@ -579,7 +660,11 @@ class _GpuPlanner(_Planner):
                 f"{self.weights_gb(dtype, quantization) / degree:.1f} GB of weights per {capacity:g} GB GPU with "
                 "KV cache, workspace and headroom."
             )
-        self.reasons["zero_offload"] = "none: the weights fit in GPU memory."
+        self.reasons["zero_offload"] = (
+            self.override_note("zero_offload") + ": the weights stay in GPU memory."
+            if self.overrides.zero_offload == "none"
+            else "none: the weights fit in GPU memory."
+        )
 
     def _explain_override_misfit(self, dtype: str, quantizations: list[Optional[str]], options: list[int]) -> None:
         quantization = quantizations[-1]
@@ -602,6 +687,8 @@ class _GpuPlanner(_Planner):
             for degree in range(1, gpus + 1):
                 if heads % degree == 0 and gpus % degree == 0 and self._memory(dtype, quantization, degree, 1).fits:
                     return f"use tensor_parallel={degree}, quantization={quantization!r} (or leave both to the planner)"
+        if self.overrides.zero_offload == "none":
+            return "allow zero_offload (it streams the weights from host memory or NVMe) or pick a SKU with more GPU memory"
         return "leave tensor_parallel and quantization to the planner (it offloads with ZeRO-Inference) or pick a larger SKU"
 
     def _batch(self, dtype: str, quantization: Optional[str], tensor_parallel: int) -> int:
@@ -677,6 +764,8 @@ class _GpuPlanner(_Planner):
         ram = self.hardware.ram_gb or 0.0
         asked = self.overrides.zero_offload
         target = asked if asked in ("cpu", "nvme") else ("cpu" if weights <= ram * HOST_RAM_USABLE else "nvme")
+        if self.overrides.zero_offload == "none":
+            self._explain_override_misfit(dtype, [None], self._tensor_parallel_options())
         if asked == "cpu" and weights > ram * HOST_RAM_USABLE:
             raise ConfigError(
                 f"zero_offload='cpu' needs {weights:.0f} GB of host memory for the weights and {self.hardware.name} "
@@ -697,14 +786,16 @@ class _GpuPlanner(_Planner):
             )
         while batch * 2 <= MAX_PLANNED_BATCH and self._offload_memory(dtype, layer_gb, weights, batch * 2).fits:
             batch *= 2
+        fitting = batch
         if self.overrides.max_batch_size:
             batch = self.overrides.max_batch_size
             memory = self._offload_memory(dtype, layer_gb, weights, batch)
             if not memory.fits:
                 raise ConfigError(
                     f"max_batch_size={batch} does not fit next to the streamed layers on {self.hardware.name}; "
-                    "use a smaller max_batch_size.",
+                    f"use max_batch_size={fitting}.",
                     conflict="max_batch_size",
+                    nearest=fitting,
                 )
         memory = self._offload_memory(dtype, layer_gb, weights, batch)
         int8_weights = self.weights_gb(dtype, "int8")
@@ -717,7 +808,8 @@ class _GpuPlanner(_Planner):
             )
         )
         self.reasons["tensor_parallel"] = "1: with offload each GPU streams the whole model; more GPUs serve more replicas."
-        where = "host memory" if target == "cpu" else f"local NVMe (it needs {weights:.0f} GB; host memory has {ram:.0f} GB)"
+        host = f"host memory has {ram:.0f} GB" if ram else "the catalog does not give this SKU's host memory"
+        where = "host memory" if target == "cpu" else f"local NVMe (it needs {weights:.0f} GB; {host})"
         self.reasons["zero_offload"] = (
             self.override_note("zero_offload") + f": weights kept in {where}."
             if asked in ("cpu", "nvme")
@@ -725,7 +817,9 @@ class _GpuPlanner(_Planner):
             "streams them layer by layer; expect throughput bound by PCIe."
         )
         self.reasons["max_batch_size"] = (
-            f"{batch}: large batches amortize each layer's transfer; the largest power of two whose KV cache fits."
+            self.override_note("max_batch_size") + "."
+            if self.overrides.max_batch_size
+            else f"{batch}: large batches amortize each layer's transfer; the largest power of two whose KV cache fits."
         )
         cuda_graph = self._cuda_graph(kernel_inject, 1, offload=target, batch=batch)
         free = max(0.0, capacity - memory.weights_gb - memory.workspace_gb - memory.headroom_gb)
@@ -746,7 +840,7 @@ class _GpuPlanner(_Planner):
     # --- memory ----------------------------------------------------------------------------
     def _memory(self, dtype: str, quantization: Optional[str], tensor_parallel: int, batch: int) -> MemoryBreakdown:
         capacity = self.hardware.gpu_memory_gb
-        kv_dtype = "float16" if dtype == "float32" and quantization else dtype
+        kv_dtype = self.kv_dtype(dtype, quantization)
         return MemoryBreakdown(
             capacity_gb=capacity,
             weights_gb=self.weights_gb(dtype, quantization) / tensor_parallel,

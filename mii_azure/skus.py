@@ -92,7 +92,8 @@ def catalog() -> tuple[Sku, ...]:
 
 def get_sku(name: str) -> Sku:
     """The SKU called ``name`` (full name, alias, or unique prefix; case does not matter)."""
-    wanted = _normalize(ALIASES.get(name, ALIASES.get(name.upper(), name)))
+    aliases = {alias.lower(): target for alias, target in ALIASES.items()}
+    wanted = _normalize(aliases.get(name.strip().lower(), name))
     skus = catalog()
     exact = [sku for sku in skus if _normalize(sku.instance_type) == wanted]
     if exact:

@@ -46,7 +46,7 @@ class _Request:
 
 @dataclass
 class BatchStats:
-    """Counters of what the batcher did, for logs, tests and benchmarks."""
+    """Counters of what the batcher did, for logs, tests and benchmarks (a batch is one model call)."""
 
     batches: int = 0
     requests: int = 0
@@ -209,7 +209,7 @@ class Batcher:
                 return
             self._finish(batch[0], error=exc)
             return
-        self._record(batch, len(inputs))
+        self._record(batch)
         start = 0
         for request in batch:
             self._finish(request, result=entries[start : start + len(request.inputs)])
@@ -221,22 +221,24 @@ class Batcher:
         except Exception as exc:
             self._finish(request, error=exc)
             return
-        self._record([request], len(request.inputs))
+        self._record([request])
         self._finish(request, result=result)
 
     def _run_chunks(self, inputs: list[Any], parameters: TaskParameters, deadline: Deadline) -> list[Any]:
         """A request larger than the batch size runs as several batches."""
         entries: list[Any] = []
         for start in range(0, len(inputs), self.max_batch_size):
-            entries += self._run(inputs[start : start + self.max_batch_size], parameters, deadline)
+            chunk = inputs[start : start + self.max_batch_size]
+            entries += self._run(chunk, parameters, deadline)
+            with self._lock:
+                self.stats.batches += 1
+                self.stats.inputs += len(chunk)
+                self.stats.largest_batch = max(self.stats.largest_batch, len(chunk))
         return entries
 
-    def _record(self, batch: list[_Request], inputs: int) -> None:
+    def _record(self, batch: list[_Request]) -> None:
         with self._lock:
-            self.stats.batches += 1
             self.stats.requests += len(batch)
-            self.stats.inputs += inputs
-            self.stats.largest_batch = max(self.stats.largest_batch, inputs)
 
     def _finish(self, request: _Request, *, result: Optional[list[Any]] = None, error: Optional[BaseException] = None) -> None:
         if error is not None:

@@ -38,6 +38,9 @@ INJECTION_POLICIES = frozenset(
 BROKEN_INJECTION = {
     "gpt_neox": "DeepSpeed 0.19's GPT-NeoX policy fails on transformers 5 (GPTNeoXAttention has no hidden_size)",
 }
+#: Model types DeepSpeed's AutoTP refuses to slice (deepspeed.module_inject.auto_tp: Conv1D and
+#: similar layers); they can be tensor-parallel only through kernel injection, on GPUs.
+AUTOTP_UNSUPPORTED = frozenset({"gpt2", "deberta", "flaubert", "fsmt", "led", "longformer", "xlm", "xlnet"})
 #: Decoder families whose injected kernels run int8 weights.
 INT8_FAMILIES = frozenset({"gpt2", "gpt_neo", "gptj", "gpt_neox", "opt", "bloom", "llama", "internlm"})
 #: Tasks whose shapes can be fixed per batch, so a captured CUDA graph is replayed rather than rebuilt.
@@ -431,6 +434,13 @@ class _CpuPlanner(_Planner):
                 "1: one CPU process serves the model; slicing it across processes only splits the same cores."
             )
             return 1
+        if self.facts.model_type in AUTOTP_UNSUPPORTED or self.facts.is_diffusion:
+            raise ConfigError(
+                f"tensor_parallel={given} on CPU slices the model with DeepSpeed's AutoTP, which cannot slice "
+                f"{self.facts.architecture}; use tensor_parallel=1.",
+                conflict="tensor_parallel",
+                nearest=1,
+            )
         heads = self.facts.num_attention_heads or 1
         cores = self.hardware.cpu_cores
         if given > cores or heads % given:

@@ -30,6 +30,7 @@ __all__ = [
     "build_bert_question_answering",
     "build_bert_token_classifier",
     "build_gpt2",
+    "build_llama",
     "build_sentence_transformer",
     "build_stable_diffusion",
     "build_t5",
@@ -252,26 +253,50 @@ def _clip_tokenizer(model_max_length: int) -> Any:
 # --------------------------------------------------------------------------- decoder / seq2seq
 
 
-def build_gpt2(directory: Path) -> Path:
-    """Tiny GPT-2 causal LM (``n_positions=64``) with a trained byte-level BPE tokenizer."""
+def build_gpt2(directory: Path, **shape: int) -> Path:
+    """Tiny GPT-2 causal LM (``n_positions=64``) with a trained byte-level BPE tokenizer.
+
+    ``shape`` overrides config fields (``n_embd``, ``n_layer``, ``n_head``, ``n_positions``,
+    ``vocab_size``...) to build bigger models of the same family, e.g. for benchmarks; ids beyond the
+    tokenizer's vocabulary decode to nothing.
+    """
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
     directory = _prepare(directory)
-    n_positions = 64
+    n_positions = shape.get("n_positions", 64)
     tokenizer = _gpt2_tokenizer(model_max_length=n_positions)
     eos_id = tokenizer.eos_token_id
-    config = GPT2Config(
+    fields = {"vocab_size": len(tokenizer), "n_positions": n_positions, "n_embd": 32, "n_layer": 2, "n_head": 2, "n_inner": 64}
+    fields.update(shape)
+    config = GPT2Config(**fields, bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    model = GPT2LMHeadModel(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_llama(directory: Path) -> Path:
+    """Tiny Llama causal LM (grouped-query attention, ``nn.Linear`` layers that DeepSpeed's AutoTP can
+    slice) sharing the GPT-2 byte-level BPE tokenizer."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    directory = _prepare(directory)
+    tokenizer = _gpt2_tokenizer(model_max_length=128)
+    eos_id = tokenizer.eos_token_id
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_inner=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
         bos_token_id=eos_id,
         eos_token_id=eos_id,
         pad_token_id=eos_id,
     )
-    model = GPT2LMHeadModel(config).eval()
+    model = LlamaForCausalLM(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -509,6 +534,7 @@ def minilm_model_dir() -> Path:
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "gpt2": build_gpt2,
+    "llama": build_llama,
     "t5": build_t5,
     "bert_classifier": build_bert_classifier,
     "bert_fill_mask": build_bert_fill_mask,

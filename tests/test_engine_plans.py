@@ -86,11 +86,6 @@ def test_every_task_serves_its_planned_cpu_path(model_dirs, name):
     ), __import__("mii_azure.tasks.base", fromlist=["Deadline"]).Deadline(60))) == len(sample)
 
 
-def test_tensor_parallel_beyond_one_process_is_refused_clearly(model_dirs):
-    with pytest.raises(ConfigError, match="one serving process per rank"):
-        _engine(model_dirs["gpt2"], FP32_CPU, tensor_parallel=2)
-
-
 def test_plan_for_another_task_is_refused(model_dirs):
     plan = make_plan(resolve_model(model_dirs["bert_fill_mask"]), FP32_CPU, task="feature-extraction")
     with pytest.raises(ConfigError, match="plan is for 'feature-extraction'"):

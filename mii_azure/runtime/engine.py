@@ -16,6 +16,7 @@ from ..tasks import get_task
 from ..tasks.base import Deadline, LoadOptions, ScoringRequest, Task
 from .batcher import Batcher
 from .optimize import AppliedPlan, apply_plan
+from .parallel import TensorParallelGroup
 
 __all__ = ["Engine"]
 
@@ -28,16 +29,24 @@ _WARM_UP_TIMEOUT_S = 3600.0
 class Engine:
     """Runs validated requests through a loaded task, batching concurrent ones."""
 
-    def __init__(self, task: Task, plan: OptimizationPlan, applied: AppliedPlan, *, load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        task: Task,
+        plan: OptimizationPlan,
+        applied: AppliedPlan,
+        *,
+        load_seconds: float = 0.0,
+        group: Optional[TensorParallelGroup] = None,
+    ) -> None:
         self.task = task
         self.plan = plan
         self.applied = applied
+        self.group = group
         self.facts: ModelFacts = task.facts
         self.settings: ServingSettings = task.settings
         self.load_seconds = load_seconds
-        # Looked up on each call, so the task (or its model) can be swapped under the batcher.
         self.batcher = Batcher(
-            lambda inputs, parameters, deadline: self.task.predict(inputs, parameters, deadline),
+            self._run_batch,
             check=lambda inputs, parameters: self.task.check(inputs, parameters),
             can_share=lambda parameters: self.task.shares_batches(parameters),
             max_batch_size=self.settings.max_batch_size or plan.max_batch_size,
@@ -68,13 +77,22 @@ class Engine:
                 conflict="task",
             )
         options = LoadOptions(device="cuda" if plan.hardware.kind == "gpu" else "cpu", dtype=plan.dtype)
-        logger.info("Loading %s from %s for %s (%s on %s)", facts.architecture, folder, task_name, options.dtype, options.device)
-        task = get_task(task_name).load(folder, facts, settings, options)
-        applied = apply_plan(task, plan)
-        for fallback in applied.fallbacks:
-            logger.warning("Plan not applied as planned: %s", fallback)
-        engine = cls(task, plan, applied, load_seconds=time.perf_counter() - started)
-        engine.warm_up()
+        group = TensorParallelGroup(folder, plan, settings) if plan.tensor_parallel > 1 else None
+        try:
+            if group is not None:
+                group.start()
+            logger.info("Loading %s from %s for %s (%s on %s)", facts.architecture, folder, task_name, options.dtype, options.device)
+            task = get_task(task_name).load(folder, facts, settings, options)
+            task.enforce_deadline = group is None
+            applied = apply_plan(task, plan, distributed=group is not None)
+            for fallback in applied.fallbacks:
+                logger.warning("Plan not applied as planned: %s", fallback)
+            engine = cls(task, plan, applied, load_seconds=time.perf_counter() - started, group=group)
+            engine.warm_up()
+        except BaseException:
+            if group is not None:
+                group.kill()
+            raise
         logger.info(
             "Loaded %s (%s parameters, %s%s, batches up to %d) for %s in %.1f s",
             facts.name,
@@ -103,5 +121,13 @@ class Engine:
         return self.batcher.submit(request.inputs, request.parameters, deadline)
 
     def close(self) -> None:
-        """Finish queued requests and stop the batching worker."""
+        """Finish queued requests, stop the batching worker and any follower ranks."""
         self.batcher.close()
+        if self.group is not None:
+            self.group.stop()
+
+    def _run_batch(self, inputs: list[Any], parameters: Any, deadline: Deadline) -> list[Any]:
+        # Looked up on each call, so the task (or its model) can be swapped under the batcher.
+        if self.group is not None:
+            return self.group.run(self.task.predict, inputs, parameters, deadline)
+        return self.task.predict(inputs, parameters, deadline)

@@ -37,12 +37,16 @@ class AppliedPlan(BaseModel):
     fallbacks: tuple[str, ...] = ()
 
 
-def apply_plan(task: Task, plan: OptimizationPlan) -> AppliedPlan:
-    """Optimize ``task``'s model in place as ``plan`` says; the record of what was applied."""
-    if plan.tensor_parallel > 1:
+def apply_plan(task: Task, plan: OptimizationPlan, *, distributed: bool = False) -> AppliedPlan:
+    """Optimize ``task``'s model in place as ``plan`` says; the record of what was applied.
+
+    With ``tensor_parallel > 1`` every rank calls this after joining its process group
+    (``distributed=True``; see :mod:`mii_azure.runtime.parallel`).
+    """
+    if plan.tensor_parallel > 1 and not distributed:
         raise ConfigError(
-            f"tensor_parallel={plan.tensor_parallel} needs one serving process per rank, which this engine "
-            "does not start yet; use tensor_parallel=1 (or a SKU whose GPUs hold the model alone).",
+            f"tensor_parallel={plan.tensor_parallel} needs one process per rank in a process group; load the "
+            "model with Engine.load, which starts them.",
             conflict="tensor_parallel",
         )
     if plan.hardware.kind == "cpu":
@@ -51,6 +55,30 @@ def apply_plan(task: Task, plan: OptimizationPlan) -> AppliedPlan:
 
 
 def _apply_on_cpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
+    if plan.tensor_parallel > 1:
+        import deepspeed
+        import torch
+
+        if plan.quantization:
+            raise ConfigError(
+                "int8 and tensor_parallel > 1 cannot be combined on CPU; use one of them.", conflict="quantization"
+            )
+        engine = deepspeed.init_inference(
+            _model_of(task),
+            dtype=getattr(torch, plan.dtype),
+            tensor_parallel={"tp_size": plan.tensor_parallel},
+            replace_with_kernel_inject=False,
+        )
+        _set_model(task, engine.module)
+        return AppliedPlan(
+            dtype=plan.dtype,
+            quantization=None,
+            deepspeed=True,
+            kernel_inject=False,
+            tensor_parallel=plan.tensor_parallel,
+            cuda_graph=False,
+            zero_offload=None,
+        )
     if plan.quantization == "int8":
         import torch
 

@@ -88,6 +88,9 @@ class Task(ABC):
     def __init__(self, facts: ModelFacts, settings: ServingSettings) -> None:
         self.facts = facts
         self.settings = settings
+        #: Whether the model call itself stops at the request's deadline. Off under tensor
+        #: parallelism, where every rank must run the same steps (the batcher still answers 504).
+        self.enforce_deadline = True
 
     # --- pure request handling -------------------------------------------------------------
     @classmethod

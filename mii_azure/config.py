@@ -48,10 +48,16 @@ class ServingSettings(BaseModel):
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get a 503 with Retry-After.")
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "ServingSettings":
-        """Settings from ``MII_AZURE_*`` variables, with ``overrides`` taking precedence."""
+    def from_env(
+        cls,
+        environ: Optional[Mapping[str, str]] = None,
+        *,
+        defaults: Optional[Mapping[str, Any]] = None,
+        **overrides: Any,
+    ) -> "ServingSettings":
+        """Settings from ``defaults`` (a package's), then ``MII_AZURE_*`` variables, then ``overrides``."""
         environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {key: value for key, value in (defaults or {}).items() if value is not None}
         for field in cls.model_fields:
             variable = SETTINGS_ENV_PREFIX + field.upper()
             if variable in environ and environ[variable] != "":

@@ -37,6 +37,9 @@ class Hardware(BaseModel):
     cpu_cores: int = 1
     ram_gb: Optional[float] = None
     cpu_bandwidth_gb_s: Optional[float] = Field(None, description="Measured host memory read bandwidth, if known.")
+    cpu_peak_gflops: Optional[float] = Field(
+        None, description="Peak dense GFLOPs of all cores in the dtype served (cores x clock x FLOPs per cycle), if known."
+    )
     usd_per_hour: Optional[float] = None
     source: str = ""
 
@@ -82,15 +85,27 @@ class Hardware(BaseModel):
         )
 
     @classmethod
-    def cpu(cls, *, cores: int, ram_gb: float, bf16: bool = False, bandwidth_gb_s: Optional[float] = None) -> "Hardware":
-        """A CPU-only machine described by hand."""
+    def cpu(
+        cls,
+        *,
+        cores: int,
+        ram_gb: float,
+        bf16: bool = False,
+        bandwidth_gb_s: Optional[float] = None,
+        peak_gflops: Optional[float] = None,
+        name: str = "cpu",
+        usd_per_hour: Optional[float] = None,
+    ) -> "Hardware":
+        """A CPU-only machine described by hand; the cost estimator needs ``bandwidth_gb_s`` and ``peak_gflops``."""
         return cls(
-            name="cpu",
+            name=name,
             kind="cpu",
             cpu_cores=cores,
             ram_gb=ram_gb,
             bf16=bf16,
             cpu_bandwidth_gb_s=bandwidth_gb_s,
+            cpu_peak_gflops=peak_gflops,
+            usd_per_hour=usd_per_hour,
             source="given",
         )
 

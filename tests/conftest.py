@@ -53,3 +53,20 @@ def servers(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path
     pool = Servers(tmp_path_factory.mktemp("server-logs"), model_dirs)
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Local deployments of the tests are recorded in a temporary MII_AZURE_HOME, not the user's."""
+    home = tmp_path_factory.mktemp("mii-azure-home")
+    previous = os.environ.get("MII_AZURE_HOME")
+    os.environ["MII_AZURE_HOME"] = str(home)
+    yield home
+    from mii_azure.targets.local import LocalTarget
+
+    for deployment in LocalTarget(home).list():
+        deployment.delete()
+    if previous is None:
+        os.environ.pop("MII_AZURE_HOME", None)
+    else:
+        os.environ["MII_AZURE_HOME"] = previous

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from mii_azure.config import ServingSettings
-from mii_azure.errors import RequestTimeoutError, ServiceUnavailableError
+from mii_azure.errors import RequestTimeoutError
 from mii_azure.hardware import Hardware
 from mii_azure.models import resolve_model
 from mii_azure.planner import PlanOverrides, make_plan

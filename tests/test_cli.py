@@ -36,7 +36,7 @@ def test_no_command_prints_help(capsys):
 
 @pytest.mark.serving
 def test_demo_serves_queries_and_stops(model_dirs):
-    """The README's main job, on the real MiniLM model (same code path as `mii-azure demo`)."""
+    """The README's main job, on the real MiniLM model: deploy locally, query, print answer and plan, delete."""
     result = subprocess.run(
         [sys.executable, "-m", "mii_azure.cli", "demo"], capture_output=True, text=True, timeout=300
     )
@@ -44,4 +44,5 @@ def test_demo_serves_queries_and_stops(model_dirs):
     assert '"task": "feature-extraction"' in result.stdout
     similar, unrelated = [float(line.rsplit("=", 1)[1]) for line in result.stdout.splitlines() if line.startswith("cosine(")]
     assert similar > unrelated
-    assert "Server stopped." in result.stdout
+    assert "Deployment deleted." in result.stdout
+    assert "dtype=float32" in result.stdout and "why:" in result.stdout  # the plan is printed

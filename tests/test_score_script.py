@@ -24,7 +24,6 @@ def _load_score_module():
 
 
 def _request(body: bytes, method: str = "POST"):
-    from azureml_inference_server_http.api.aml_request import AMLRequest  # noqa: F401  (the server's type)
     from flask import Request
 
     return Request(EnvironBuilder(method=method, data=body, content_type="application/json").get_environ())

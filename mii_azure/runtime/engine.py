@@ -11,7 +11,7 @@ from ..config import ServingSettings
 from ..errors import ConfigError
 from ..hardware import Hardware
 from ..models import ModelFacts, find_model_folder, resolve_model, resolve_task
-from ..planner import OptimizationPlan, make_plan
+from ..planner import OptimizationPlan, PlanOverrides, make_plan
 from ..tasks import get_task
 from ..tasks.base import Deadline, LoadOptions, ScoringRequest, Task
 from .batcher import Batcher
@@ -62,15 +62,17 @@ class Engine:
         settings: Optional[ServingSettings] = None,
         plan: Optional[OptimizationPlan] = None,
         hardware: Optional[Hardware] = None,
+        overrides: Optional[PlanOverrides] = None,
     ) -> "Engine":
         """Resolve the model in ``model_dir`` (or one level down), plan it for ``hardware`` (this
-        machine by default) unless ``plan`` is given, load and optimize it, and warm it up."""
+        machine by default, with ``overrides``) unless ``plan`` is given, load and optimize it, and
+        warm it up."""
         settings = settings or ServingSettings()
         started = time.perf_counter()
         folder = find_model_folder(Path(model_dir))
         facts = resolve_model(folder)
         task_name = resolve_task(facts, settings.task)
-        plan = plan or make_plan(facts, hardware or Hardware.local(), task=task_name)
+        plan = plan or make_plan(facts, hardware or Hardware.local(), task=task_name, overrides=overrides or PlanOverrides())
         if plan.task != task_name:
             raise ConfigError(
                 f"The plan is for {plan.task!r} but this deployment serves {task_name!r}; make the plan with task={task_name!r}.",

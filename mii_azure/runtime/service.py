@@ -6,6 +6,7 @@ contract's status code and JSON error body. Nothing here knows about Flask or gR
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from ..errors import (
     ScoringError,
     ServiceUnavailableError,
 )
-from ..tasks.base import Deadline
+from ..hardware import Hardware
+from ..planner import OptimizationPlan, PlanOverrides
+from ..tasks.base import Deadline, ScoringRequest, check_input_count
 from .engine import Engine
 
 __all__ = ["ScoringService", "HttpReply", "configure_logging", "not_ready_reply", "error_reply", "MODEL_DIR_ENV"]
@@ -34,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: Where Azure ML (and ``azmlinfsrv --model_dir``) puts the model.
 MODEL_DIR_ENV = "AZUREML_MODEL_DIR"
+#: Port (and address) of the gRPC front the local harness asks for.
+GRPC_PORT_ENV = "MII_AZURE_GRPC_PORT"
+GRPC_HOST_ENV = "MII_AZURE_GRPC_HOST"
 
 
 @dataclass(frozen=True)
@@ -55,24 +61,74 @@ class ScoringService:
         self.name = name or self.settings.deployment_name or engine.facts.name
 
     @classmethod
-    def from_environment(cls, environ: Optional[Mapping[str, str]] = None) -> "ScoringService":
-        """Load the model named by ``AZUREML_MODEL_DIR`` with ``MII_AZURE_*`` settings."""
+    def from_environment(
+        cls, environ: Optional[Mapping[str, str]] = None, *, package_dir: Optional[Path] = None
+    ) -> "ScoringService":
+        """Load the model named by ``AZUREML_MODEL_DIR`` with ``MII_AZURE_*`` settings.
+
+        With ``package_dir`` (score.py running from a package), the package is verified first; its
+        settings are the defaults and its plan is used where it fits this machine (else the model is
+        re-planned here with the same overrides). Without ``AZUREML_MODEL_DIR`` the package's linked
+        model is served.
+        """
         environ = os.environ if environ is None else environ
-        model_dir = environ.get(MODEL_DIR_ENV)
+        manifest = None
+        if package_dir is not None:
+            from ..packaging import Package
+
+            bundle = Package.load(package_dir)
+            bundle.verify()
+            manifest = bundle.manifest
+            logger.info(
+                "Serving package %s (%s, built %s) with the mii_azure runtime in %s",
+                manifest.name,
+                manifest.task,
+                manifest.created_at,
+                Path(__file__).resolve().parents[1],
+            )
+        model_dir = environ.get(MODEL_DIR_ENV) or (str(bundle.model_dir) if manifest and bundle.model_dir else None)
         if not model_dir:
             raise ConfigError(
                 f"{MODEL_DIR_ENV} is not set, so there is no model to serve. Start the server with "
                 "--model_dir <folder> (azmlinfsrv) or register the model with the deployment (Azure ML).",
                 variable=MODEL_DIR_ENV,
             )
-        settings = ServingSettings.from_env(environ)
-        return cls(Engine.load(Path(model_dir), settings=settings))
+        settings = ServingSettings.from_env(environ, defaults=manifest.settings.model_dump() if manifest else None)
+        plan, overrides = plan_for_this_machine(manifest.plan) if manifest else (None, PlanOverrides())
+        return cls(Engine.load(Path(model_dir), settings=settings, plan=plan, overrides=overrides))
+
+    def serve_grpc_if_configured(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        """Start the OIP-v2 gRPC front in this process when ``MII_AZURE_GRPC_PORT`` is set.
+
+        It stops (letting in-flight calls finish) when the process exits.
+        """
+        environ = os.environ if environ is None else environ
+        port = environ.get(GRPC_PORT_ENV)
+        if not port:
+            return
+        from .grpc_server import start_grpc_server
+
+        server = start_grpc_server(self, port=int(port), host=environ.get(GRPC_HOST_ENV, "127.0.0.1"))
+        atexit.register(lambda: server.stop(grace=30).wait())
 
     # --- the JSON contract -----------------------------------------------------------------
     def score(self, payload: Any) -> dict[str, Any]:
         """Answer a decoded JSON request; raises a RequestError for a request that fails."""
         started = time.perf_counter()
-        request = self.task_cls.parse_request(payload, self.settings)
+        return self._answer(self.task_cls.parse_request(payload, self.settings), started)
+
+    def score_inputs(self, inputs: list[Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Answer already-separated inputs and parameters (the gRPC front's door into the same path).
+
+        ``inputs`` are as ``Task.inputs_from_tensors`` returns them; ``parameters`` are the JSON
+        ``parameters`` keys. Raises a RequestError for a request that fails.
+        """
+        started = time.perf_counter()
+        request = ScoringRequest(inputs=list(inputs), parameters=self.task_cls.parse_parameters(parameters))
+        check_input_count(request, self.settings)
+        return self._answer(request, started)
+
+    def _answer(self, request: ScoringRequest, started: float) -> dict[str, Any]:
         deadline = Deadline(self.settings.request_timeout_s)
         model_started = time.perf_counter()
         responses = self.engine.infer(request, deadline)
@@ -114,6 +170,24 @@ class ScoringService:
         except Exception as exc:  # the contract: a 500 that says what failed, never a stack trace
             logger.exception("Scoring failed")
             return error_reply(ScoringError(f"Scoring failed: {type(exc).__name__}: {exc}"))
+
+
+def plan_for_this_machine(packaged: OptimizationPlan) -> tuple[Optional[OptimizationPlan], PlanOverrides]:
+    """The package's plan if it was made for this machine; else no plan and the same choices as
+    overrides, for the engine to re-plan here (a package built for an Azure GPU SKU, run locally)."""
+    local = Hardware.local()
+    if packaged.hardware == local:
+        return packaged, PlanOverrides()
+    overrides = {}
+    for name in packaged.overrides:
+        value = getattr(packaged, name)
+        overrides[name] = "none" if value is None and name in ("quantization", "zero_offload") else value
+    logger.info(
+        "The package was planned for %s; this machine is %s, so the model is re-planned here.",
+        packaged.hardware.describe(),
+        local.describe(),
+    )
+    return None, PlanOverrides(**overrides)
 
 
 def decode_json_body(body: bytes) -> Any:

@@ -1,7 +1,7 @@
 """Start, watch and stop one inference server process on loopback.
 
-The process runs the real ``azureml-inference-server-http`` with mii_azure's scoring script (see
-``mii_azure.runtime.http_server``); its output goes to a log file. Start-up failures are reported
+The process runs the real ``azureml-inference-server-http`` with a scoring script through the
+standalone launcher beside it (``mii_azure/scoring/launch.py``); its output goes to a log file. Start-up failures are reported
 with the process's own last log lines instead of a hang.
 """
 
@@ -87,10 +87,15 @@ class InferenceServerProcess:
 
     def start(self) -> "InferenceServerProcess":
         """Launch the process (returns at once; see :meth:`wait_ready`)."""
+        from ..runtime.http_server import entry_script_path, launcher_path
+
+        entry_script = Path(self.entry_script or entry_script_path())
+        sibling_launcher = entry_script.parent / "launch.py"
         command = [
             sys.executable,
-            "-m",
-            "mii_azure.runtime.http_server",
+            str(sibling_launcher if sibling_launcher.is_file() else launcher_path()),
+            "--entry_script",
+            str(entry_script),
             "--model_dir",
             str(self.model_dir),
             "--port",
@@ -100,8 +105,6 @@ class InferenceServerProcess:
             "--threads",
             str(self.threads),
         ]
-        if self.entry_script is not None:
-            command += ["--entry_script", str(self.entry_script)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.environment}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
@@ -109,6 +112,12 @@ class InferenceServerProcess:
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         return self
+
+    def process_handle(self) -> "subprocess.Popen[bytes]":
+        """The running process (ConfigError if :meth:`start` was not called)."""
+        if self.process is None:
+            raise ConfigError("The inference server was not started; call start() first.")
+        return self.process
 
     def wait_ready(self, timeout_s: float = 300.0, progress: Optional[Callable[[str], None]] = None) -> None:
         """Block until the server answers its liveness route (after the model loaded and answered once).

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -27,6 +27,7 @@ __all__ = [
     "LoadOptions",
     "Deadline",
     "parse_text_query",
+    "check_input_count",
     "json_type",
 ]
 
@@ -133,15 +134,9 @@ class Task(ABC):
                     "different values; give it once, inside 'parameters'."
                 )
             parameters[key] = value
-        inputs = cls.parse_query(query)
-        if len(inputs) > settings.max_inputs_per_request:
-            raise PayloadTooLargeError(
-                f"The request has {len(inputs)} inputs; this deployment accepts at most "
-                f"{settings.max_inputs_per_request} per request. Split it into several requests.",
-                inputs=len(inputs),
-                limit=settings.max_inputs_per_request,
-            )
-        return ScoringRequest(inputs=inputs, parameters=cls.parse_parameters(parameters))
+        request = ScoringRequest(inputs=cls.parse_query(query), parameters=cls.parse_parameters(parameters))
+        check_input_count(request, settings)
+        return request
 
     @classmethod
     def parse_parameters(cls, parameters: Mapping[str, Any]) -> TaskParameters:
@@ -193,6 +188,18 @@ class Task(ABC):
     @abstractmethod
     def predict(self, inputs: list[Any], parameters: TaskParameters, deadline: Deadline) -> list[Any]:
         """One response entry (DESIGN.md section 3) per input, in order."""
+
+
+def check_input_count(request: ScoringRequest, settings: ServingSettings) -> None:
+    """PayloadTooLargeError when a request carries more inputs than the deployment accepts."""
+    count = len(request.inputs)
+    if count > settings.max_inputs_per_request:
+        raise PayloadTooLargeError(
+            f"The request has {count} inputs; this deployment accepts at most "
+            f"{settings.max_inputs_per_request} per request. Split it into several requests.",
+            inputs=count,
+            limit=settings.max_inputs_per_request,
+        )
 
 
 def parse_text_query(query: Any, *, field: str = "query") -> list[str]:

@@ -6,7 +6,7 @@ generated for that input, up to and including a stop sequence, without end-of-te
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from pydantic import Field, field_validator

@@ -1,0 +1,333 @@
+"""The local harness's gRPC front: KServe Open Inference Protocol v2 (DESIGN.md section 4).
+
+Serves ``inference.GRPCInferenceService`` (Triton's ``grpc_service.proto``: ServerLive, ServerReady,
+ModelReady, ServerMetadata, ModelMetadata, ModelInfer) around one :class:`ScoringService`, so stock
+clients such as ``tritonclient.grpc`` and the KServe client work unchanged.
+
+- The model is named after the deployment (``service.name``); its only version is "1" ("" means it).
+- ``ModelInfer`` takes one BYTES tensor of shape [N] per task input (``query``; ``question`` and
+  ``context`` for question-answering) and answers with the BYTES tensor ``responses`` of shape [N],
+  whose element i is ``json.dumps`` of the same entry the JSON path returns, UTF-8 encoded. Request
+  parameters carry the JSON ``parameters`` keys; a string parameter holding a JSON array (stop
+  sequences: ``'["\\n"]'``) is decoded. The response parameters add ``task``, ``total_ms`` and
+  ``model_ms``, the other fields of the JSON response.
+- A failed request gets the status code of :func:`grpc_status_for` and, as details, exactly the
+  message the HTTP path puts in ``{"error": {"message": ...}}``; never a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from concurrent import futures
+from typing import Any, Callable, NoReturn
+
+import grpc
+
+from .. import __version__
+from ..errors import (
+    BadRequestError,
+    ConfigError,
+    PayloadTooLargeError,
+    RequestError,
+    RequestTimeoutError,
+    ScoringError,
+    ServiceUnavailableError,
+)
+from .proto import grpc_service_pb2 as pb
+from .proto import grpc_service_pb2_grpc as pb_grpc
+from .service import ScoringService, not_ready_reply
+
+__all__ = ["start_grpc_server", "InferenceServicer", "grpc_status_for", "PLATFORM", "OUTPUT_NAME", "MODEL_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+#: What ModelMetadata reports as the model's platform, and ServerMetadata as the server's name.
+PLATFORM = "mii_azure"
+#: The one output tensor.
+OUTPUT_NAME = "responses"
+#: The one model version; a request may also leave the version empty.
+MODEL_VERSION = "1"
+BYTES = "BYTES"
+
+_LENGTH = struct.Struct("<I")
+
+
+def grpc_status_for(error: RequestError) -> grpc.StatusCode:
+    """The gRPC status code of a failed request (DESIGN.md section 4)."""
+    if isinstance(error, (BadRequestError, PayloadTooLargeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(error, ServiceUnavailableError):
+        # Only the batcher's "queue is full" carries queue_limit; the rest is "not ready".
+        return grpc.StatusCode.RESOURCE_EXHAUSTED if "queue_limit" in error.facts else grpc.StatusCode.UNAVAILABLE
+    if isinstance(error, RequestTimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.INTERNAL
+
+
+class _NotFound(Exception):
+    """A request names a model or version this server does not serve."""
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """``inference.GRPCInferenceService`` for one scoring service."""
+
+    def __init__(self, service: ScoringService, ready: Callable[[], bool] = lambda: True) -> None:
+        self.service = service
+        self.ready = ready
+
+    # --- health and metadata -------------------------------------------------------------------
+    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=bool(self.ready()))
+
+    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
+        # As Triton does: a model this server does not serve is simply not ready.
+        served = request.name == self.service.name and request.version in ("", MODEL_VERSION)
+        return pb.ModelReadyResponse(ready=served and bool(self.ready()))
+
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=PLATFORM, version=__version__, extensions=["parameters"])
+
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        try:
+            self._check_model(request.name, request.version)
+        except _NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=self.service.name,
+            versions=[MODEL_VERSION],
+            platform=PLATFORM,
+            inputs=[tensor(name=name, datatype=BYTES, shape=[-1]) for name in self.service.task_cls.input_names],
+            outputs=[tensor(name=OUTPUT_NAME, datatype=BYTES, shape=[-1])],
+        )
+
+    # --- inference -----------------------------------------------------------------------------
+    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        try:
+            self._check_model(request.model_name, request.model_version)
+        except _NotFound as exc:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        try:
+            if not self.ready():
+                raise ServiceUnavailableError(not_ready_reply().body["error"]["message"], retry_after=5)
+            return self._response(request, self._infer(request))
+        except RequestError as exc:
+            _abort(context, exc)
+        except Exception as exc:  # the contract: INTERNAL with what failed, never a stack trace
+            logger.exception("Scoring failed")
+            _abort(context, ScoringError(f"Scoring failed: {type(exc).__name__}: {exc}"))
+
+    def _infer(self, request: pb.ModelInferRequest) -> dict[str, Any]:
+        limit = self.service.settings.max_body_bytes
+        size = request.ByteSize()
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"The inference request is {size} bytes; this deployment accepts at most {limit} bytes. "
+                "Send fewer or shorter inputs per request.",
+                size=size,
+                limit=limit,
+            )
+        for output in request.outputs:
+            if output.name != OUTPUT_NAME:
+                raise BadRequestError(
+                    f"Output tensor {output.name!r} does not exist; this model has one output, {OUTPUT_NAME!r}."
+                )
+            if output.parameters:
+                raise BadRequestError(
+                    f"Output tensor parameters are not supported; got {', '.join(map(repr, sorted(output.parameters)))}."
+                )
+        tensors = self._decode_inputs(request)
+        inputs = self.service.task_cls.inputs_from_tensors(tensors)
+        return self.service.score_inputs(inputs, decode_parameters(request.parameters))
+
+    def _decode_inputs(self, request: pb.ModelInferRequest) -> dict[str, list[str]]:
+        task = self.service.task_cls
+        expected = task.input_names
+        wanted = " and ".join(repr(name) for name in expected)
+        tensor_word = "tensor" if len(expected) == 1 else "tensors"
+        if request.raw_input_contents and len(request.raw_input_contents) != len(request.inputs):
+            raise BadRequestError(
+                f"The request has {len(request.inputs)} input tensors but {len(request.raw_input_contents)} "
+                "raw_input_contents entries; send one entry per input tensor, in order."
+            )
+        tensors: dict[str, list[str]] = {}
+        for index, tensor in enumerate(request.inputs):
+            if tensor.name not in expected:
+                raise BadRequestError(
+                    f"Unknown input tensor {tensor.name!r}; {task.name} takes the input {tensor_word} {wanted} "
+                    "(BYTES, shape [N])."
+                )
+            if tensor.name in tensors:
+                raise BadRequestError(f"Input tensor {tensor.name!r} is given twice; send it once.")
+            if tensor.datatype != BYTES:
+                raise BadRequestError(
+                    f"Input tensor {tensor.name!r} has datatype {tensor.datatype or 'unset'}; it must be BYTES "
+                    "(UTF-8 strings)."
+                )
+            if len(tensor.shape) != 1 or tensor.shape[0] < 0:
+                raise BadRequestError(
+                    f"Input tensor {tensor.name!r} has shape {list(tensor.shape)}; it must be [N], one string "
+                    "per input."
+                )
+            if tensor.parameters:
+                raise BadRequestError(
+                    f"Input tensor parameters (such as shared memory regions) are not supported; {tensor.name!r} "
+                    f"has {', '.join(map(repr, sorted(tensor.parameters)))}."
+                )
+            if request.raw_input_contents:
+                if _has_contents(tensor.contents):
+                    raise BadRequestError(
+                        f"Input tensor {tensor.name!r} has both contents and raw_input_contents; send one of them."
+                    )
+                elements = _split_bytes(tensor.name, request.raw_input_contents[index])
+            else:
+                elements = list(tensor.contents.bytes_contents)
+            if len(elements) != tensor.shape[0]:
+                raise BadRequestError(
+                    f"Input tensor {tensor.name!r} has shape [{tensor.shape[0]}] but {len(elements)} elements."
+                )
+            tensors[tensor.name] = [_utf8(tensor.name, i, element) for i, element in enumerate(elements)]
+        missing = [name for name in expected if name not in tensors]
+        if missing:
+            raise BadRequestError(
+                f"{task.name} needs the input {tensor_word} {wanted} (BYTES, shape [N]); the request has no "
+                f"{' or '.join(map(repr, missing))} tensor."
+            )
+        return tensors
+
+    def _response(self, request: pb.ModelInferRequest, result: dict[str, Any]) -> pb.ModelInferResponse:
+        entries = [json.dumps(entry).encode("utf-8") for entry in result["responses"]]
+        response = pb.ModelInferResponse(
+            model_name=self.service.name,
+            model_version=MODEL_VERSION,
+            id=request.id,
+            outputs=[pb.ModelInferResponse.InferOutputTensor(name=OUTPUT_NAME, datatype=BYTES, shape=[len(entries)])],
+            raw_output_contents=[b"".join(_LENGTH.pack(len(entry)) + entry for entry in entries)],
+        )
+        response.parameters["task"].string_param = result["task"]
+        for key, value in result["timing"].items():
+            response.parameters[key].double_param = float(value)
+        return response
+
+    def _check_model(self, name: str, version: str) -> None:
+        if name != self.service.name:
+            raise _NotFound(f"No model named {name!r}; this server serves the model {self.service.name!r}.")
+        if version not in ("", MODEL_VERSION):
+            raise _NotFound(
+                f"Model {name!r} has no version {version!r}; its only version is {MODEL_VERSION!r} "
+                "(or leave the version empty)."
+            )
+
+
+def decode_parameters(parameters: Any) -> dict[str, Any]:
+    """JSON ``parameters`` from a map of InferParameter (a JSON-array string becomes a list)."""
+    decoded: dict[str, Any] = {}
+    for key in sorted(parameters):
+        parameter = parameters[key]
+        kind = parameter.WhichOneof("parameter_choice")
+        if kind is None:
+            raise BadRequestError(f"Parameter {key!r} has no value; set one of its bool, int64, double or string values.")
+        value = getattr(parameter, kind)
+        if kind == "string_param" and value.lstrip().startswith("["):
+            try:
+                array = json.loads(value)
+            except json.JSONDecodeError:
+                array = None
+            if isinstance(array, list):
+                value = array
+        decoded[key] = value
+    return decoded
+
+
+def start_grpc_server(
+    service: ScoringService,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    max_workers: int = 16,
+    ready: Callable[[], bool] = lambda: True,
+) -> grpc.Server:
+    """Serve ``service`` over the Open Inference Protocol v2 on ``host:port``; the server is started.
+
+    ``ready`` says whether the model can answer (ServerReady, ModelReady; ModelInfer is UNAVAILABLE
+    until it does). Stop the returned server with ``server.stop(grace_seconds)``.
+    """
+    limit = service.settings.max_body_bytes
+    options = [
+        # Requests up to twice the body limit are read, so those over the limit get the contract's
+        # INVALID_ARGUMENT with a message; larger ones get gRPC's own RESOURCE_EXHAUSTED.
+        ("grpc.max_receive_message_length", 2 * limit),
+        # Answers are not bounded by the request limit (embeddings, images), as over HTTP.
+        ("grpc.max_send_message_length", -1),
+        # Without this, a second server could silently share a port that is already in use.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, ready), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # recent grpcio raises where older ones returned 0
+        bound = 0
+    if bound <= 0:
+        server.stop(None)
+        raise ConfigError(
+            f"Cannot listen for gRPC on {address}: the port is in use or the address is not on this machine. "
+            "Choose another gRPC port.",
+            host=host,
+            port=port,
+        )
+    server.start()
+    logger.info("Serving %r over gRPC (Open Inference Protocol v2) on %s port %d", service.name, host, bound)
+    return server
+
+
+def _abort(context: grpc.ServicerContext, error: RequestError) -> NoReturn:
+    if isinstance(error, ServiceUnavailableError):
+        context.set_trailing_metadata((("retry-after", str(max(1, round(error.retry_after)))),))
+    context.abort(grpc_status_for(error), error.message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def _split_bytes(name: str, raw: bytes) -> list[bytes]:
+    """Elements of a BYTES tensor's raw contents: each a 4-byte little-endian length, then the bytes."""
+    elements = []
+    offset = 0
+    while offset < len(raw):
+        if offset + _LENGTH.size > len(raw):
+            raise BadRequestError(
+                f"The raw contents of input tensor {name!r} end inside an element's 4-byte length prefix."
+            )
+        (length,) = _LENGTH.unpack_from(raw, offset)
+        offset += _LENGTH.size
+        if offset + length > len(raw):
+            raise BadRequestError(
+                f"The raw contents of input tensor {name!r} end inside element {len(elements)}: it declares "
+                f"{length} bytes, {len(raw) - offset} remain."
+            )
+        elements.append(bytes(raw[offset : offset + length]))
+        offset += length
+    return elements
+
+
+def _utf8(name: str, index: int, element: bytes) -> str:
+    try:
+        return element.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(
+            f"Element {index} of input tensor {name!r} is not valid UTF-8 (byte {exc.start} cannot be decoded); "
+            "send UTF-8 encoded strings."
+        ) from None
+
+
+def _has_contents(contents: pb.InferTensorContents) -> bool:
+    return any(len(getattr(contents, field.name)) for field in contents.DESCRIPTOR.fields)

@@ -44,7 +44,12 @@ class ServingSettings(BaseModel):
     max_batch_size: Optional[int] = Field(
         None, ge=1, description="Most inputs run together in one batch; defaults to the optimization plan's."
     )
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="How long a batch waits for more requests to join.")
+    max_wait_ms: float = Field(
+        100.0,
+        ge=0,
+        le=10_000,
+        description="Longest a batch waits for more requests to join (the wait adapts below it: 5% of recent batch times).",
+    )
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get a 503 with Retry-After.")
 
     @classmethod

@@ -175,3 +175,22 @@ def test_requests_larger_than_the_batch_run_in_chunks(model_dirs):
     scores = lambda entries: [item["score"] for entry in entries for item in entry]  # noqa: E731
     assert scores(together) == pytest.approx(scores(alone), abs=1e-6)
     assert service.engine.batcher.stats.largest_batch == 4
+
+
+def test_the_wait_for_company_adapts_to_how_long_batches_take(model_dirs):
+    from mii_azure.runtime.batcher import WAIT_FRACTION, Batcher
+
+    def run(inputs, parameters, deadline):
+        __import__("time").sleep(0.2)
+        return list(inputs)
+
+    batcher = Batcher(run, check=lambda i, p: None, can_share=lambda p: True, max_batch_size=8, max_wait_ms=1000, max_queue=8)
+    parameters = __import__("mii_azure.tasks.classification", fromlist=["x"]).TextClassificationParameters()
+    assert batcher.wait_s == 0.0, "no batch has run yet: nothing to wait for"
+    assert batcher.submit(["a"], parameters, Deadline(10)) == ["a"]
+    assert batcher.wait_s == pytest.approx(WAIT_FRACTION * 0.2, rel=0.25)
+    capped = Batcher(run, check=lambda i, p: None, can_share=lambda p: True, max_batch_size=8, max_wait_ms=2, max_queue=8)
+    capped.submit(["a"], parameters, Deadline(10))
+    assert capped.wait_s == pytest.approx(0.002)
+    batcher.close()
+    capped.close()

@@ -26,14 +26,16 @@ def run_notebook(path: Path) -> tuple[dict, str]:
 
 
 def test_every_notebook_has_a_test():
-    tested = {"01-serve-and-query.ipynb"}
+    tested = {"01-deploy-locally.ipynb"}
     assert {path.name for path in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
-def test_serve_and_query(monkeypatch, tmp_path):
+def test_deploy_locally(monkeypatch, tmp_path):
+    import mii_azure
+
     monkeypatch.chdir(tmp_path)
-    namespace, printed = run_notebook(NOTEBOOKS / "01-serve-and-query.ipynb")
-    assert "feature-extraction minilm" in printed
+    namespace, printed = run_notebook(NOTEBOOKS / "01-deploy-locally.ipynb")
+    assert "feature-extraction minilm" in printed and "why:" in printed
     assert "400 Unknown parameter 'max_new_tokens'" in printed
     assert namespace["similarity"][1] > namespace["similarity"][2]
-    assert not namespace["server"].is_live(), "the notebook stops its server"
+    assert "minilm" not in [deployment.name for deployment in mii_azure.list_deployments()], "the notebook deletes it"

@@ -49,7 +49,7 @@ def test_every_code_file_is_hashed(gpt2_package):
     assert {p.relative_to(gpt2_package.path).as_posix() for p in code} <= set(files)
     for relative, digest in files.items():
         assert _sha256(gpt2_package.path / relative) == digest
-    assert not any("__pycache__" in relative or relative.endswith("cli.py") for relative in files)
+    assert not any("__pycache__" in relative for relative in files) and "mii_azure/cli.py" not in files
     gpt2_package.verify()
 
 

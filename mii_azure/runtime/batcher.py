@@ -1,8 +1,12 @@
 """Dynamic batching: concurrent requests gathered into batches for one model, on one worker thread.
 
 Requests arrive from many threads (the inference server's request threads, gRPC calls). The worker
-takes the oldest waiting request, then for up to ``max_wait_ms`` gathers more requests whose
-parameters are equal (and whose task allows sharing), until ``max_batch_size`` inputs are collected.
+takes the oldest waiting request, then gathers more requests whose parameters are equal (and whose
+task allows sharing) until ``max_batch_size`` inputs are collected or its wait ends. The wait is
+adaptive: at most ``WAIT_FRACTION`` of the time recent batches took to run, and never more than
+``max_wait_ms``. A tiny model that answers in milliseconds thus waits a fraction of a millisecond,
+while a generation batch that runs for seconds waits long enough to fill up with clients that
+arrive together; the latency this adds is bounded to a few percent of the model's own time.
 It runs the batch once and hands each caller exactly its own entries, in order. Requests that cannot
 join wait for the next batch, keeping their order. A full queue turns into a 503 with Retry-After
 instead of unbounded memory growth; a caller whose deadline passes gets a 504 and its inputs are
@@ -26,7 +30,12 @@ from typing import Any, Callable, Optional
 from ..errors import RequestError, RequestTimeoutError, ScoringError, ServiceUnavailableError
 from ..tasks.base import Deadline, TaskParameters
 
-__all__ = ["Batcher", "BatchStats"]
+__all__ = ["Batcher", "BatchStats", "WAIT_FRACTION"]
+
+#: A batch waits for company at most this fraction of the time recent batches took to run.
+WAIT_FRACTION = 0.05
+# Weight of the newest batch in the running average of batch durations.
+_SMOOTHING = 0.3
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,7 @@ class Batcher:
         self._can_share = can_share
         self.max_batch_size = max(1, max_batch_size)
         self.max_wait_s = max(0.0, max_wait_ms) / 1000
+        self._batch_seconds = 0.0  # running average of how long a batch takes
         self.max_queue = max_queue
         self.stats = BatchStats()
         self._queue: "queue.Queue[Optional[_Request]]" = queue.Queue()
@@ -120,6 +130,11 @@ class Batcher:
             self._closed = True
         self._queue.put(None)
         self._worker.join(timeout_s)
+
+    @property
+    def wait_s(self) -> float:
+        """How long the next batch waits for more requests to join."""
+        return min(self.max_wait_s, WAIT_FRACTION * self._batch_seconds)
 
     @property
     def waiting(self) -> int:
@@ -172,7 +187,7 @@ class Batcher:
         if size >= self.max_batch_size or not self._can_share(first.parameters):
             return batch
         passed_over: list[_Request] = []
-        until = time.perf_counter() + self.max_wait_s
+        until = time.perf_counter() + self.wait_s
         while size < self.max_batch_size:
             remaining = until - time.perf_counter()
             candidate = self._next(block=True, timeout=remaining) if remaining > 0 else self._next(block=False)
@@ -229,7 +244,12 @@ class Batcher:
         entries: list[Any] = []
         for start in range(0, len(inputs), self.max_batch_size):
             chunk = inputs[start : start + self.max_batch_size]
+            began = time.perf_counter()
             entries += self._run(chunk, parameters, deadline)
+            elapsed = time.perf_counter() - began
+            self._batch_seconds = elapsed if not self._batch_seconds else (
+                _SMOOTHING * elapsed + (1 - _SMOOTHING) * self._batch_seconds
+            )
             with self._lock:
                 self.stats.batches += 1
                 self.stats.inputs += len(chunk)

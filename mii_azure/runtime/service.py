@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ..config import ServingSettings
 from ..errors import (
@@ -30,6 +30,9 @@ from ..hardware import Hardware
 from ..planner import OptimizationPlan, PlanOverrides
 from ..tasks.base import Deadline, ScoringRequest, check_input_count
 from .engine import Engine
+
+if TYPE_CHECKING:
+    from ..packaging import Package
 
 __all__ = ["ScoringService", "HttpReply", "configure_logging", "not_ready_reply", "error_reply", "MODEL_DIR_ENV"]
 
@@ -72,29 +75,18 @@ class ScoringService:
         model is served.
         """
         environ = os.environ if environ is None else environ
-        manifest = None
-        if package_dir is not None:
-            from ..packaging import Package
-
-            bundle = Package.load(package_dir)
-            bundle.verify()
-            manifest = bundle.manifest
-            logger.info(
-                "Serving package %s (%s, built %s) with the mii_azure runtime in %s",
-                manifest.name,
-                manifest.task,
-                manifest.created_at,
-                Path(__file__).resolve().parents[1],
-            )
-        model_dir = environ.get(MODEL_DIR_ENV) or (str(bundle.model_dir) if manifest and bundle.model_dir else None)
+        bundle = _verified_package(package_dir) if package_dir is not None else None
+        model_dir = environ.get(MODEL_DIR_ENV) or (str(bundle.model_dir) if bundle and bundle.model_dir else None)
         if not model_dir:
             raise ConfigError(
                 f"{MODEL_DIR_ENV} is not set, so there is no model to serve. Start the server with "
                 "--model_dir <folder> (azmlinfsrv) or register the model with the deployment (Azure ML).",
                 variable=MODEL_DIR_ENV,
             )
-        settings = ServingSettings.from_env(environ, defaults=manifest.settings.model_dump() if manifest else None)
-        plan, overrides = plan_for_this_machine(manifest.plan) if manifest else (None, PlanOverrides())
+        if bundle is None:
+            return cls(Engine.load(Path(model_dir), settings=ServingSettings.from_env(environ)))
+        settings = ServingSettings.from_env(environ, defaults=bundle.manifest.settings.model_dump())
+        plan, overrides = plan_for_this_machine(bundle.plan)
         return cls(Engine.load(Path(model_dir), settings=settings, plan=plan, overrides=overrides))
 
     def serve_grpc_if_configured(self, environ: Optional[Mapping[str, str]] = None) -> None:
@@ -170,6 +162,22 @@ class ScoringService:
         except Exception as exc:  # the contract: a 500 that says what failed, never a stack trace
             logger.exception("Scoring failed")
             return error_reply(ScoringError(f"Scoring failed: {type(exc).__name__}: {exc}"))
+
+
+def _verified_package(package_dir: Path) -> "Package":
+    from ..packaging import Package
+
+    bundle = Package.load(package_dir)
+    bundle.verify()
+    manifest = bundle.manifest
+    logger.info(
+        "Serving package %s (%s, built %s) with the mii_azure runtime in %s",
+        manifest.name,
+        manifest.task,
+        manifest.created_at,
+        Path(__file__).resolve().parents[1],
+    )
+    return bundle
 
 
 def plan_for_this_machine(packaged: OptimizationPlan) -> tuple[Optional[OptimizationPlan], PlanOverrides]:

@@ -329,7 +329,11 @@ class _Planner:
                 f"KV cache sized for {self.max_input_tokens} input + {self.max_new_tokens} new tokens per sequence."
             )
 
-    def finish(self, **choices: Any) -> OptimizationPlan:
+    def finish(self, *, memory: MemoryBreakdown, kv_bytes_per_token: float, **choices: Any) -> OptimizationPlan:
+        """The plan, its KV-cache budget being what ``memory`` leaves after weights, workspace, headroom."""
+        free = max(0.0, memory.capacity_gb - memory.weights_gb - memory.workspace_gb - memory.headroom_gb)
+        choices["kv_cache_gb"] = round(free, 3)
+        choices["kv_cache_tokens"] = int(free * GB / kv_bytes_per_token) if kv_bytes_per_token else 0
         given = tuple(name for name, value in self.overrides.model_dump().items() if value is not None)
         return OptimizationPlan(
             model=self.facts.ref.reference,
@@ -341,6 +345,7 @@ class _Planner:
             max_new_tokens=self.max_new_tokens,
             reasons=self.reasons,
             overrides=given,
+            memory=memory,
             **choices,
         )
 
@@ -390,9 +395,6 @@ class _CpuPlanner(_Planner):
                 needed_gb=memory.used_gb,
                 capacity_gb=memory.capacity_gb,
             )
-        weights, workspace, headroom, capacity = (
-            memory.weights_gb, memory.workspace_gb, memory.headroom_gb, memory.capacity_gb
-        )
         tensor_parallel = self._cpu_tensor_parallel()
         self.reasons["kernel_inject"] = (
             self.override_note("kernel_inject") + ": no kernel injection."
@@ -411,8 +413,6 @@ class _CpuPlanner(_Planner):
             else f"{batch}: batching amortizes each pass over the weights (CPU throughput grows up to batch "
             f"{CPU_BATCH})" + ("." if batch == CPU_BATCH else "; smaller so that the KV cache fits in RAM.")
         )
-        free = max(0.0, capacity - weights - workspace - headroom)
-        per_token = self.kv_bytes_per_token(dtype)
         return self.finish(
             dtype=dtype,
             tensor_parallel=tensor_parallel,
@@ -421,9 +421,8 @@ class _CpuPlanner(_Planner):
             zero_offload=None,
             cuda_graph=False,
             max_batch_size=batch,
-            kv_cache_gb=round(free, 3),
-            kv_cache_tokens=int(free * GB / per_token) if per_token else 0,
             memory=memory,
+            kv_bytes_per_token=self.kv_bytes_per_token(dtype),
         )
 
     def _cpu_tensor_parallel(self) -> int:
@@ -514,8 +513,6 @@ class _GpuPlanner(_Planner):
         batch = self._batch(dtype, quantization, tensor_parallel)
         memory = self._memory(dtype, quantization, tensor_parallel, batch)
         cuda_graph = self._cuda_graph(kernel_inject, tensor_parallel, offload=None, batch=batch)
-        free = memory.capacity_gb - memory.weights_gb - memory.workspace_gb - memory.headroom_gb
-        per_token = self.kv_bytes_per_token(self.kv_dtype(dtype, quantization)) / tensor_parallel
         return self.finish(
             dtype=dtype,
             tensor_parallel=tensor_parallel,
@@ -524,9 +521,8 @@ class _GpuPlanner(_Planner):
             zero_offload=None,
             cuda_graph=cuda_graph,
             max_batch_size=batch,
-            kv_cache_gb=round(max(0.0, free), 3),
-            kv_cache_tokens=int(max(0.0, free) * GB / per_token) if per_token else 0,
             memory=memory,
+            kv_bytes_per_token=self.kv_bytes_per_token(self.kv_dtype(dtype, quantization)) / tensor_parallel,
         )
 
     # --- choices ---------------------------------------------------------------------------
@@ -832,8 +828,6 @@ class _GpuPlanner(_Planner):
             else f"{batch}: large batches amortize each layer's transfer; the largest power of two whose KV cache fits."
         )
         cuda_graph = self._cuda_graph(kernel_inject, 1, offload=target, batch=batch)
-        free = max(0.0, capacity - memory.weights_gb - memory.workspace_gb - memory.headroom_gb)
-        per_token = self.kv_bytes_per_token(dtype)
         return self.finish(
             dtype=dtype,
             tensor_parallel=1,
@@ -842,9 +836,8 @@ class _GpuPlanner(_Planner):
             zero_offload=target,
             cuda_graph=cuda_graph,
             max_batch_size=batch,
-            kv_cache_gb=round(free, 3),
-            kv_cache_tokens=int(free * GB / per_token) if per_token else 0,
             memory=memory,
+            kv_bytes_per_token=self.kv_bytes_per_token(dtype),
         )
 
     # --- memory ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 #
 #   bash scripts/install.sh                      # .venv, the pinned development stack
 #   VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test \
-#       DEEPSPEED=0 bash scripts/install.sh       # the lowest supported serving stack
+#       bash scripts/install.sh                   # the lowest supported serving stack
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 .venv/bin/python -m pytest "$@"
 
-VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test DEEPSPEED=0 \
+VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test \
     bash scripts/install.sh
 .venv-oldest/bin/python -m pytest -m "serving" "$@"

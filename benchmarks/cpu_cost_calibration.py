@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_cost_calibration.json")
     parser.add_argument("--update-calibration", action="store_true", help="write the factors to mii_azure/data/calibration.json")
     args = parser.parse_args()
+    args.out = args.out.resolve()
 
     hardware, machine_facts = describe_machine()
     timed = TimedEngine("gpt2-small", Path(tempfile.mkdtemp()))

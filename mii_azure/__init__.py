@@ -5,6 +5,8 @@ The public API is what ``__all__`` lists; everything else is internal.
 
 from .api import deploy, get_deployment, list_deployments, mii_query_handle
 from .config import ServingSettings
+from .cost import estimate_cost
+from .cost_report import CostReport, SkuEstimate
 from .deployment import Deployment
 from .errors import (
     BadRequestError,
@@ -25,7 +27,9 @@ from .hardware import Hardware
 from .models import TASKS, ModelFacts, ModelRef, ModelSource, resolve_model, resolve_task
 from .packaging import Package, package
 from .planner import OptimizationPlan, plan
+from .pricing import PriceSheet
 from .skus import Sku, get_sku
+from .workload import ModelShape, Workload
 
 __version__ = "0.1.0"
 
@@ -50,6 +54,12 @@ __all__ = [
     "Deployment",
     "package",
     "Package",
+    "estimate_cost",
+    "Workload",
+    "ModelShape",
+    "CostReport",
+    "SkuEstimate",
+    "PriceSheet",
     "MiiAzureError",
     "ConfigError",
     "TaskMismatchError",

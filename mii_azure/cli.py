@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
+from .cost_cli import add_cost_arguments
 from .errors import MiiAzureError
 from .models import ModelFacts, resolve_model
 
@@ -108,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--overwrite", action="store_true", help="replace an existing package directory")
     pack.set_defaults(handler=_package)
 
+    cost = commands.add_parser("cost", help="compare Azure GPU SKUs by estimated speed and cost for a model and a workload")
+    add_cost_arguments(cost)
+    cost.set_defaults(handler=_cost)
+
     demo = commands.add_parser(
         "demo", help="deploy the default model (all-MiniLM-L6-v2) locally, query it, print the answer and plan, delete it"
     )
@@ -190,6 +195,13 @@ def _serve(args: argparse.Namespace) -> int:
         str(args.threads),
     ]
     os.execv(sys.executable, command)
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from .cost_cli import render, report_from_args
+
+    print(render(report_from_args(args), args))
     return 0
 
 

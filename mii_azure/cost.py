@@ -214,6 +214,7 @@ def _estimate(
         return SkuEstimate(**base, plan=plan, status="unsupported", reason=exc.message)
     notes = list(machine.notes)
     if facts.is_diffusion:
+        efficiency = efficiency.model_copy(update={"calibrated": False})
         speed = _diffusion_speed(facts, plan, workload, machine, efficiency, notes)
     else:
         speed = _text_speed(facts, plan, unit, workload, machine, efficiency)
@@ -267,7 +268,7 @@ def _diffusion_speed(
     weight_bytes = unet * BYTES_PER_PARAMETER[plan.dtype]
     notes.append(
         f"per image: {workload.steps} steps x UNet over {latent_tokens} latent positions x 2 (classifier-free guidance); "
-        "text encoder and VAE decode not counted"
+        "text encoder and VAE decode not counted; the efficiencies are those of transformer decoding (uncalibrated for a UNet)"
     )
 
     def image(batch: int) -> Timing:

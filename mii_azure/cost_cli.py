@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
+from pydantic import ValidationError
+
 from .cost import estimate_cost
 from .cost_report import CostReport
+from .errors import ConfigError
 from .workload import Workload
+
+_OPTIONS = {
+    "prompt_tokens": "--prompt-tokens",
+    "new_tokens": "--new-tokens",
+    "requests_per_second": "--rps",
+    "latency_slo_ms": "--slo-ms",
+    "steps": "--steps",
+    "image_size": "--image-size",
+}
 
 __all__ = ["add_cost_arguments", "report_from_args", "render"]
 
@@ -35,14 +47,18 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_from_args(args: argparse.Namespace) -> CostReport:
     """The report ``mii-azure cost`` shows for parsed ``args``; writes --csv and --plot files if asked."""
-    workload = Workload(
-        prompt_tokens=args.prompt_tokens,
-        new_tokens=args.new_tokens,
-        requests_per_second=args.rps,
-        latency_slo_ms=args.slo_ms,
-        steps=args.steps,
-        image_size=args.image_size,
-    )
+    try:
+        workload = Workload(
+            prompt_tokens=args.prompt_tokens,
+            new_tokens=args.new_tokens,
+            requests_per_second=args.rps,
+            latency_slo_ms=args.slo_ms,
+            steps=args.steps,
+            image_size=args.image_size,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{_OPTIONS.get(str(error['loc'][0]), error['loc'][0])}: {error['msg']}" for error in exc.errors())
+        raise ConfigError(f"Invalid workload: {problems}.") from None
     skus: Optional[list[str]] = [name for value in args.skus for name in value.split(",") if name] if args.skus else None
     report = estimate_cost(
         args.model,

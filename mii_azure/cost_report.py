@@ -359,10 +359,13 @@ class CostReport(BaseModel):
         if others:
             lines.append("Not meeting the target, or not costed:")
             lines += [f"  {_short(e.instance_type)}: {_STATUS_TEXT[e.status]}: {e.reason}" for e in others]
-        noted = [e for e in self.estimates if e.notes and e.status in ("ok", "unpriced", "misses_slo")]
-        if noted:
+        noted = [e for e in self.estimates if e.status in ("ok", "unpriced", "misses_slo")]
+        common = [note for note in (noted[0].notes if noted else ()) if all(note in e.notes for e in noted)]
+        specific = [(e, [note for note in e.notes if note not in common]) for e in noted]
+        if common or any(notes for _, notes in specific):
             lines.append("Notes:")
-            lines += [f"  {_short(e.instance_type)}: {'; '.join(e.notes)}" for e in noted]
+            lines += [f"  all: {note}" for note in common]
+            lines += [f"  {_short(e.instance_type)}: {'; '.join(notes)}" for e, notes in specific if notes]
         lines.append("Efficiency bases:")
         lines += [f"  [{index}] {basis}" for index, basis in enumerate(self._bases(), start=1)]
         best = self.best

@@ -12,10 +12,11 @@ Each step costs the sum of four terms, per tensor-parallel rank:
 * offload: with ZeRO-Inference, every weight crosses PCIe once per forward pass (host to GPU at
   the effective rate of the SKU's PCIe generation, or at NVMe read speed when offloaded to NVMe).
 
-The memory and compute terms are added rather than overlapped (a roofline would take their max):
-on both calibration sources, DeepSpeed-Inference's published BLOOM figures and the engine measured
-on this project's CPU, the sum follows the growth of step time with batch size within a few
-percent where the max under-predicts it by up to 30% (see ``data/calibration.json``).
+The memory and compute terms are added rather than overlapped (a roofline would take their max).
+On DeepSpeed-Inference's published BLOOM-176B figures the sum, fitted at batches 1 and 128,
+matches batches 8 to 64 within 3% where the max under-predicts them by up to 27%
+(``data/calibration.json``, ``roofline_max_errors``); on this project's CPU a max would make a
+batch-8 decode step no longer than a batch-1 step, and the measured one is 1.3-1.6x longer.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from ..tasks.base import Deadline, LoadOptions, ScoringRequest, Task
 from .batcher import Batcher
 from .optimize import AppliedPlan, apply_plan
 from .parallel import TensorParallelGroup
+from .zero_inference import ZeroInference
 
 __all__ = ["Engine"]
 
@@ -78,15 +79,20 @@ class Engine:
                 f"The plan is for {plan.task!r} but this deployment serves {task_name!r}; make the plan with task={task_name!r}.",
                 conflict="task",
             )
-        options = LoadOptions(device="cuda" if plan.hardware.kind == "gpu" else "cpu", dtype=plan.dtype)
+        zero = ZeroInference(plan, settings) if plan.zero_offload else None
+        # ZeRO-Inference loads on the host and streams to the GPU; everything else loads where it runs.
+        device = "cuda" if plan.hardware.kind == "gpu" and zero is None else "cpu"
+        options = LoadOptions(device=device, dtype=plan.dtype)
         group = TensorParallelGroup(folder, plan, settings) if plan.tensor_parallel > 1 else None
         try:
             if group is not None:
                 group.start()
+            if zero is not None:
+                zero.before_loading()
             logger.info("Loading %s from %s for %s (%s on %s)", facts.architecture, folder, task_name, options.dtype, options.device)
             task = get_task(task_name).load(folder, facts, settings, options)
             task.enforce_deadline = group is None
-            applied = apply_plan(task, plan, distributed=group is not None)
+            applied = apply_plan(task, plan, distributed=group is not None, zero=zero)
             for fallback in applied.fallbacks:
                 logger.warning("Plan not applied as planned: %s", fallback)
             engine = cls(task, plan, applied, load_seconds=time.perf_counter() - started, group=group)

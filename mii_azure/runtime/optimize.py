@@ -9,13 +9,16 @@ fails on this transformers version, say) is recorded with its reason, never sile
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError, MissingDependencyError
 from ..planner import OptimizationPlan
 from ..tasks.base import Task
+
+if TYPE_CHECKING:
+    from .zero_inference import ZeroInference
 
 __all__ = ["AppliedPlan", "apply_plan"]
 
@@ -37,12 +40,37 @@ class AppliedPlan(BaseModel):
     fallbacks: tuple[str, ...] = ()
 
 
-def apply_plan(task: Task, plan: OptimizationPlan, *, distributed: bool = False) -> AppliedPlan:
+def apply_plan(
+    task: Task, plan: OptimizationPlan, *, distributed: bool = False, zero: Optional["ZeroInference"] = None
+) -> AppliedPlan:
     """Optimize ``task``'s model in place as ``plan`` says; the record of what was applied.
 
     With ``tensor_parallel > 1`` every rank calls this after joining its process group
-    (``distributed=True``; see :mod:`mii_azure.runtime.parallel`).
+    (``distributed=True``; see :mod:`mii_azure.runtime.parallel`). A ZeRO-Inference plan needs the
+    :class:`ZeroInference` that was entered before the model loaded.
     """
+    if plan.zero_offload:
+        if zero is None:
+            raise ConfigError(
+                f"zero_offload={plan.zero_offload!r} needs the model loaded partitioned; load it with "
+                "Engine.load, which prepares ZeRO-Inference first.",
+                conflict="zero_offload",
+            )
+        zero.apply(task)
+        return AppliedPlan(
+            dtype=plan.dtype,
+            quantization=None,
+            deepspeed=True,
+            kernel_inject=False,
+            tensor_parallel=1,
+            cuda_graph=False,
+            zero_offload=plan.zero_offload,
+            fallbacks=(
+                ("kernel injection is not combined with ZeRO-Inference; the layers run as transformers defines them",)
+                if plan.kernel_inject
+                else ()
+            ),
+        )
     if plan.tensor_parallel > 1 and not distributed:
         raise ConfigError(
             f"tensor_parallel={plan.tensor_parallel} needs one process per rank in a process group; load the "
@@ -108,12 +136,6 @@ def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
         ) from exc
     import torch
 
-    if plan.zero_offload:
-        raise ConfigError(
-            f"zero_offload={plan.zero_offload!r} is planned but this engine does not stream weights with "
-            "ZeRO-Inference yet; pick a SKU where the model fits in GPU memory (mii-azure plan shows which).",
-            conflict="zero_offload",
-        )
     dtype = torch.int8 if plan.quantization == "int8" else getattr(torch, plan.dtype)
     fallbacks: list[str] = []
     kernel_inject, cuda_graph = plan.kernel_inject, False

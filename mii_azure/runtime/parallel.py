@@ -105,6 +105,8 @@ class TensorParallelGroup:
             process.join(timeout_s)
             if process.is_alive():
                 process.kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
     def kill(self) -> None:
         """Stop the followers at once (start-up failed)."""

@@ -46,7 +46,8 @@ def deploy(
             conflict="local",
         )
     target = LocalTarget()
-    bundle = _as_package(target, model, name=name, task=task, sku=sku, settings=settings, overrides=overrides)
+    choices = {"name": name, "task": task, "sku": sku, "settings": settings, **overrides}
+    bundle = _as_package(target, model, choices)
     report = print if progress is True else (progress or None)
     return target.deploy(bundle, port=port, grpc_port=grpc_port, wait=wait, progress=report)
 
@@ -66,51 +67,20 @@ def mii_query_handle(name: str) -> Deployment:
     return get_deployment(name)
 
 
-def _as_package(
-    target: LocalTarget,
-    model: ModelLike,
-    *,
-    name: Optional[str],
-    task: Optional[str],
-    sku: Optional[str],
-    settings: Optional[ServingSettings],
-    overrides: dict[str, Any],
-) -> Package:
-    """The package to deploy: the one given, or one built for ``model`` under the target's home."""
-    if isinstance(model, Package):
-        return _unchanged_package(model, name, task, sku, settings, overrides)
-    path = Path(os.fspath(model)).expanduser()
-    if (path / MANIFEST_FILE).is_file():
-        return _unchanged_package(Package.load(path), name, task, sku, settings, overrides)
+def _as_package(target: LocalTarget, model: ModelLike, choices: dict[str, Any]) -> Package:
+    """The package to deploy: the one given (``choices`` must leave it as built), or one built for
+    ``model`` with ``choices`` (name, task, sku, settings, plan overrides) under the target's home."""
+    if isinstance(model, Package) or (Path(os.fspath(model)).expanduser() / MANIFEST_FILE).is_file():
+        bundle = model if isinstance(model, Package) else Package.load(Path(os.fspath(model)).expanduser())
+        changed = sorted(key for key, value in choices.items() if value is not None and not (key == "name" and value == bundle.name))
+        if changed:
+            raise ConfigError(
+                f"A package is deployed as it was built; {', '.join(changed)} cannot be changed here. Rebuild it "
+                "with mii_azure.package(...) to change them.",
+                conflict=changed[0],
+            )
+        return bundle
     facts = resolve_model(model)
-    name = check_name(name or deployment_name(facts))
+    name = check_name(choices.pop("name") or deployment_name(facts))
     target.ensure_free(name)  # never rebuild the package under a running deployment
-    return package(
-        facts,
-        output=target.home / "packages" / name,
-        name=name,
-        task=task,
-        sku=sku,
-        settings=settings,
-        overwrite=True,
-        **overrides,
-    )
-
-
-def _unchanged_package(
-    bundle: Package,
-    name: Optional[str],
-    task: Optional[str],
-    sku: Optional[str],
-    settings: Optional[ServingSettings],
-    overrides: dict[str, Any],
-) -> Package:
-    given = {"name": name, "task": task, "sku": sku, "settings": settings, **overrides}
-    changed = sorted(key for key, value in given.items() if value is not None)
-    if changed and not (changed == ["name"] and name == bundle.name):
-        raise ConfigError(
-            f"A package is deployed as it was built; {', '.join(changed)} cannot be changed here. Rebuild it with "
-            "mii_azure.package(...) to change them.",
-            conflict=changed[0],
-        )
-    return bundle
+    return package(facts, output=target.home / "packages" / name, name=name, overwrite=True, **choices)

@@ -15,7 +15,7 @@ from ..planner import OptimizationPlan, PlanOverrides, make_plan
 from ..tasks import get_task
 from ..tasks.base import Deadline, LoadOptions, ScoringRequest, Task
 from .batcher import Batcher
-from .optimize import AppliedPlan, apply_plan
+from .optimize import AppliedPlan, apply_plan, graph_failures
 from .parallel import TensorParallelGroup
 from .zero_inference import ZeroInference
 
@@ -119,10 +119,22 @@ class Engine:
         return self.task.name
 
     def warm_up(self) -> list[Any]:
-        """Answer the task's sample input once, so the first real request is not the slow one."""
+        """Answer the task's sample input once, so the first real request is not the slow one (and
+        the first CUDA graph is captured: a capture that fails is recorded in :attr:`applied`)."""
         parameters = type(self.task).parse_parameters({})
         request = ScoringRequest(inputs=self.task.sample_inputs, parameters=parameters)
-        return self.infer(request, Deadline(_WARM_UP_TIMEOUT_S))
+        answer = self.infer(request, Deadline(_WARM_UP_TIMEOUT_S))
+        self.refresh_applied()
+        return answer
+
+    def refresh_applied(self) -> AppliedPlan:
+        """:attr:`applied`, updated with CUDA graphs turned off since loading (a failed capture)."""
+        failures = [failure for failure in graph_failures(self.task) if failure not in self.applied.fallbacks]
+        if failures:
+            self.applied = self.applied.model_copy(update={"cuda_graph": False, "fallbacks": self.applied.fallbacks + tuple(failures)})
+            for failure in failures:
+                logger.warning("Plan not applied as planned: %s", failure)
+        return self.applied
 
     def infer(self, request: ScoringRequest, deadline: Deadline) -> list[Any]:
         """Check and run one request in some batch; its entries in input order."""

@@ -2,7 +2,8 @@
 
 On CPU: the planned dtype is applied at load time; int8 means torch dynamic quantization of the
 ``nn.Linear`` layers. On GPU: ``deepspeed.init_inference`` with the planned dtype, tensor
-parallelism, kernel injection and CUDA graphs. Anything that falls back (an injection policy that
+parallelism and kernel injection, then CUDA graphs per shape bucket for static-shape tasks
+(:mod:`mii_azure.runtime.cuda_graphs`). Anything that falls back (an injection policy that
 fails on this transformers version, say) is recorded with its reason, never silently.
 """
 
@@ -16,11 +17,12 @@ from pydantic import BaseModel, ConfigDict
 from ..errors import ConfigError, MissingDependencyError
 from ..planner import OptimizationPlan
 from ..tasks.base import Task
+from .cuda_graphs import GraphedModule, ShapeBuckets
 
 if TYPE_CHECKING:
     from .zero_inference import ZeroInference
 
-__all__ = ["AppliedPlan", "apply_plan"]
+__all__ = ["AppliedPlan", "apply_plan", "install_cuda_graphs", "graph_failures"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,23 +140,26 @@ def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
 
     dtype = torch.int8 if plan.quantization == "int8" else getattr(torch, plan.dtype)
     fallbacks: list[str] = []
-    kernel_inject, cuda_graph = plan.kernel_inject, False
-    if plan.cuda_graph:
-        fallbacks.append(
-            "CUDA graphs are planned but not applied: the tasks call the injected model directly, not through "
-            "DeepSpeed's engine that captures graphs"
-        )
+    kernel_inject = plan.kernel_inject
     model = _model_of(task)
     try:
-        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject, cuda_graph)
+        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject)
     except Exception as exc:  # an injection policy that does not match this transformers version
         if not kernel_inject:
             raise
         fallbacks.append(f"kernel injection failed ({type(exc).__name__}: {exc}); fell back to AutoTP without it")
         logger.warning("Kernel injection failed, falling back to AutoTP: %s", exc)
-        kernel_inject, cuda_graph = False, False
-        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject, cuda_graph)
+        kernel_inject = False
+        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject)
     _set_model(task, engine.module if hasattr(engine, "module") else engine)
+    cuda_graph = False
+    if plan.cuda_graph:
+        try:
+            install_cuda_graphs(task, plan)
+            cuda_graph = True
+        except Exception as exc:  # an eager call at the largest bucket failed: serve without graphs
+            fallbacks.append(f"CUDA graphs not installed ({type(exc).__name__}: {exc}); calls run eagerly")
+            logger.warning("CUDA graphs not installed: %s", exc)
     return AppliedPlan(
         dtype=plan.dtype,
         quantization=plan.quantization,
@@ -167,14 +172,46 @@ def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
     )
 
 
-def _init_inference(deepspeed: Any, model: Any, plan: OptimizationPlan, dtype: Any, kernel_inject: bool, cuda_graph: bool) -> Any:
+def _init_inference(deepspeed: Any, model: Any, plan: OptimizationPlan, dtype: Any, kernel_inject: bool) -> Any:
+    # DeepSpeed's own enable_cuda_graph records one graph at the first call's shape and copies every
+    # later call into it; CUDA graphs are installed per shape bucket instead (install_cuda_graphs).
     return deepspeed.init_inference(
         model,
         dtype=dtype,
         tensor_parallel={"tp_size": plan.tensor_parallel},
         replace_with_kernel_inject=kernel_inject,
-        enable_cuda_graph=cuda_graph,
+        enable_cuda_graph=False,
     )
+
+
+def install_cuda_graphs(task: Task, plan: OptimizationPlan) -> GraphedModule:
+    """Wrap the module a static-shape task calls in a :class:`GraphedModule`: the diffusion UNet
+    (run once per denoising step), or a text task's whole model. Returns the wrapper."""
+    import torch
+
+    from ..tasks._text import TextModelTask
+    from ..tasks.text_to_image import TextToImage
+
+    max_batch = task.settings.max_batch_size or plan.max_batch_size
+    if isinstance(task, TextToImage):
+        # Classifier-free guidance runs the conditional and unconditional rows in one UNet call.
+        graphed = GraphedModule(task.pipeline.unet, ShapeBuckets.up_to(2 * max_batch), pad_sequences=False)
+        task.pipeline.unet = graphed
+        return graphed
+    if not isinstance(task, TextModelTask):
+        raise ConfigError(f"CUDA graphs are not supported for {task.name}: its shapes change with every step.", conflict="cuda_graph")
+    pad_token_id = task.tokenizer.pad_token_id or 0
+    graphed = GraphedModule(task.model, ShapeBuckets.up_to(max_batch, task.max_input_tokens), pad_token_id=pad_token_id)
+    ids = torch.full((1, 1), pad_token_id, dtype=torch.long, device=task.device)
+    graphed.prepare(input_ids=ids, attention_mask=torch.ones_like(ids))
+    task.model = graphed
+    return graphed
+
+
+def graph_failures(task: Task) -> list[str]:
+    """Why CUDA graphs of ``task`` were turned off after a capture failed (empty while they work)."""
+    candidates = [getattr(task, "model", None), getattr(getattr(task, "pipeline", None), "unet", None)]
+    return [module.failure for module in candidates if isinstance(module, GraphedModule) and module.failure]
 
 
 def _model_of(task: Task) -> Any:

@@ -12,6 +12,7 @@ from mii_azure.models import resolve_model
 from mii_azure.planner import PlanOverrides, make_plan
 from mii_azure.runtime.engine import Engine
 from mii_azure.runtime.service import ScoringService
+from mii_azure.tasks.base import Deadline, ScoringRequest
 
 pytestmark = pytest.mark.serving
 
@@ -81,12 +82,20 @@ def test_every_task_serves_its_planned_cpu_path(model_dirs, name):
     assert engine.applied.dtype == ("bfloat16" if generation else "float32")
     assert (engine.applied.kernel_inject, engine.applied.cuda_graph, engine.applied.tensor_parallel) == (False, False, 1)
     sample = engine.task.sample_inputs
-    assert len(engine.infer(__import__("mii_azure.tasks.base", fromlist=["ScoringRequest"]).ScoringRequest(
-        sample, type(engine.task).parse_parameters({"num_inference_steps": 2} if name == "stable_diffusion" else {})
-    ), __import__("mii_azure.tasks.base", fromlist=["Deadline"]).Deadline(60))) == len(sample)
+    parameters = type(engine.task).parse_parameters({"num_inference_steps": 2} if name == "stable_diffusion" else {})
+    assert len(engine.infer(ScoringRequest(sample, parameters), Deadline(60))) == len(sample)
 
 
 def test_plan_for_another_task_is_refused(model_dirs):
     plan = make_plan(resolve_model(model_dirs["bert_fill_mask"]), FP32_CPU, task="feature-extraction")
     with pytest.raises(ConfigError, match="plan is for 'feature-extraction'"):
         Engine.load(model_dirs["bert_fill_mask"], plan=plan, settings=ServingSettings())
+
+
+def test_what_was_applied_is_logged_at_load(model_dirs, caplog):
+    with caplog.at_level("INFO", logger="mii_azure.runtime.engine"):
+        engine = _engine(model_dirs["bert_classifier"], FP32_CPU, quantization="int8")
+    loaded = [record.getMessage() for record in caplog.records if record.getMessage().startswith("Loaded ")]
+    assert len(loaded) == 1
+    assert loaded[0].endswith("applied: " + engine.applied.describe())
+    assert "quantization=int8" in loaded[0] and "kernel_inject=False" in loaded[0] and "cuda_graph=False" in loaded[0]

@@ -102,14 +102,13 @@ class Engine:
                 group.kill()
             raise
         logger.info(
-            "Loaded %s (%s parameters, %s%s, batches up to %d) for %s in %.1f s",
+            "Loaded %s (%s parameters, batches up to %d) for %s in %.1f s; applied: %s",
             facts.name,
             f"{facts.parameter_count:,}" if facts.parameter_count else "unknown",
-            applied.dtype,
-            f", {applied.quantization}" if applied.quantization else "",
             engine.batcher.max_batch_size,
             task_name,
             engine.load_seconds,
+            engine.applied.describe(),
         )
         return engine
 

@@ -41,6 +41,15 @@ class AppliedPlan(BaseModel):
     zero_offload: Optional[str]
     fallbacks: tuple[str, ...] = ()
 
+    def describe(self) -> str:
+        """One line: every choice as applied, then anything that fell back and why."""
+        line = (
+            f"dtype={self.dtype} quantization={self.quantization} deepspeed={self.deepspeed} "
+            f"kernel_inject={self.kernel_inject} tensor_parallel={self.tensor_parallel} "
+            f"cuda_graph={self.cuda_graph} zero_offload={self.zero_offload}"
+        )
+        return line + "".join(f"; fell back: {fallback}" for fallback in self.fallbacks)
+
 
 def apply_plan(
     task: Task, plan: OptimizationPlan, *, distributed: bool = False, zero: Optional["ZeroInference"] = None

@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     for option, kind in (
         ("--dtype", str),
         ("--tensor-parallel", int),
+        ("--replicas", int),
         ("--quantization", str),
         ("--zero-offload", str),
         ("--max-batch-size", int),
@@ -78,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--task", help="task override")
     deploy.add_argument("--port", type=int, help="HTTP port (default: a free one)")
     deploy.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
+    deploy.add_argument("--replicas", type=int, help="model copies, one server worker each (default: the plan's)")
     deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
     deploy.set_defaults(handler=_deploy)
 
@@ -134,6 +136,7 @@ def _info(args: argparse.Namespace) -> int:
 _OVERRIDES = (
     "dtype",
     "tensor_parallel",
+    "replicas",
     "quantization",
     "zero_offload",
     "max_batch_size",
@@ -212,7 +215,14 @@ def _deploy(args: argparse.Namespace) -> int:
         print("error: only --local deployments are available in this version; add --local.", file=sys.stderr)
         return 2
     deployment = deploy(
-        args.model, local=True, name=args.name, task=args.task, port=args.port, grpc_port=args.grpc_port, progress=not args.json
+        args.model,
+        local=True,
+        name=args.name,
+        task=args.task,
+        port=args.port,
+        grpc_port=args.grpc_port,
+        progress=not args.json,
+        replicas=args.replicas,
     )
     _print_deployment(deployment, as_json=args.json)
     return 0
@@ -225,6 +235,7 @@ def _print_deployment(deployment: Any, *, as_json: bool) -> None:
         "scoring_uri": deployment.scoring_uri,
         "grpc_target": deployment.grpc_target,
         "task": deployment.plan.task if deployment.plan else None,
+        "replicas": deployment.plan.replicas if deployment.plan else None,
     }
     if as_json:
         print(json.dumps(info))
@@ -277,7 +288,10 @@ def _package(args: argparse.Namespace) -> int:
     facts = resolve_model(args.model, config=args.config)
     built = package(facts, output=args.output, name=args.name, task=args.task, sku=args.sku, overwrite=args.overwrite)
     print(f"Package {built.name!r} ({built.manifest.task}) written to {built.path}")
-    print(f"  plan: {built.plan.dtype}, tensor_parallel={built.plan.tensor_parallel}, on {built.plan.hardware.describe()}")
+    print(
+        f"  plan: {built.plan.dtype}, tensor_parallel={built.plan.tensor_parallel}, replicas={built.plan.replicas}, "
+        f"on {built.plan.hardware.describe()}"
+    )
     print(f"  Azure ML: az ml online-endpoint create -f {built.path / 'azureml' / 'endpoint.yml'}")
     print(f"            az ml online-deployment create -f {built.path / 'azureml' / 'deployment.yml'}")
     return 0

@@ -8,8 +8,10 @@ them with :mod:`mii_azure.pricing`. Pure: no torch, no network; models are read 
 configuration only (a folder, a well-known hub id, a config dict, or a :class:`ModelShape`).
 
 Every speed and cost is an estimate; the report says how each SKU's efficiency was calibrated.
-Serving is modelled as mii_azure deploys it: one model copy per instance (VM), static batches
-(a batch's prompts are processed together, then its tokens are generated step by step).
+Serving is modelled as mii_azure deploys it: ``plan.replicas`` model copies per instance (VM), each on
+its own ``tensor_parallel`` GPUs, so an instance serves ``replicas`` times one copy's throughput
+(on CPU the copies split the cores and the memory bandwidth); static batches (a batch's prompts are
+processed together, then its tokens are generated step by step).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from .workload import ModelShape, Workload
 __all__ = ["Workload", "ModelShape", "estimate_cost"]  # Workload and ModelShape live in .workload
 
 #: Planner conflicts that depend on the SKU (another SKU may work); any other ConfigError is the model's or the workload's.
-_MISFIT_CONFLICTS = frozenset({"memory", "max_batch_size", "zero_offload"})
+_MISFIT_CONFLICTS = frozenset({"memory", "max_batch_size", "zero_offload", "replicas"})
 _UNSUPPORTED_CONFLICTS = frozenset({"tensor_parallel", "dtype", "cuda_graph", "kernel_inject", "quantization", "hardware"})
 _TOKEN_OVERRIDES = ("max_input_tokens", "max_new_tokens")
 #: Published per-component size of the Stable Diffusion v1.5 UNet, for pipelines known by name only.
@@ -213,6 +215,12 @@ def _estimate(
     except ConfigError as exc:
         return SkuEstimate(**base, plan=plan, status="unsupported", reason=exc.message)
     notes = list(machine.notes)
+    if hardware.kind == "cpu" and plan.replicas > 1:
+        # The copies run side by side on the same cores and memory: each gets its share of both.
+        machine = machine.model_copy(
+            update={"bandwidth": machine.bandwidth / plan.replicas, "peak_flops": machine.peak_flops / plan.replicas}
+        )
+        notes.append(f"{plan.replicas} copies share the CPU: each is costed at 1/{plan.replicas} of its bandwidth and FLOPs")
     if facts.is_diffusion:
         efficiency = efficiency.model_copy(update={"calibrated": False})
         speed = _diffusion_speed(facts, plan, workload, machine, efficiency, notes)
@@ -220,11 +228,32 @@ def _estimate(
         speed = _text_speed(facts, plan, unit, workload, machine, efficiency)
     if plan.zero_offload == "nvme":
         notes.append(f"weights stream from local NVMe at an assumed {NVME_READ_GB_S:g} GB/s")
-    if hardware.kind == "gpu" and plan.tensor_parallel < hardware.gpus:
-        notes.append(
-            f"one model copy per instance uses {plan.tensor_parallel} of its {hardware.gpus} GPUs; the others stay idle"
-        )
+    if plan.replicas > 1 or hardware.gpus > 1:
+        notes.append(_copies_note(plan, hardware))
     return _priced(base, plan, unit, workload, speed, efficiency, notes)
+
+
+def _copies_note(plan: OptimizationPlan, hardware: Hardware) -> str:
+    """How many model copies an instance is assumed to serve, on what, and which GPUs stay idle (why)."""
+    copies = plan.replicas
+    if hardware.kind == "cpu":
+        return f"{copies} model cop{'ies' if copies > 1 else 'y'} per instance on {hardware.cpu_cores} cores" + (
+            f": throughput per instance = {copies} x one copy's" if copies > 1 else ""
+        )
+    each = f"{plan.tensor_parallel} GPU{'s' if plan.tensor_parallel > 1 else ''}"
+    note = f"{copies} model cop{'ies' if copies > 1 else 'y'} per instance, {each} each"
+    if copies > 1:
+        note += f": throughput per instance = {copies} x one copy's"
+    idle = hardware.gpus - copies * plan.tensor_parallel
+    if idle:
+        if plan.zero_offload:
+            why = "ZeRO-Inference offload streams the weights from the host memory or NVMe the VM shares"
+        elif "replicas" in plan.overrides:
+            why = "replicas set by the caller"
+        else:
+            why = "host memory cannot stage the weights of more copies while they load"
+        note += f"; {idle} of its {hardware.gpus} GPUs stay idle ({why})"
+    return note
 
 
 @dataclass(frozen=True)
@@ -306,7 +335,7 @@ def _priced(
     batch = max(meeting) if meeting else 1
     step = speed.latency(batch)
     request_s = speed.request_s(batch)
-    capacity = batch / request_s  # requests (images) per second of one instance
+    capacity = plan.replicas * batch / request_s  # requests (images) per second of one instance: every copy
     instances = max(1, math.ceil(workload.requests_per_second / capacity - 1e-9))
     if meeting:
         status = "ok"

@@ -103,7 +103,8 @@ class SkuEstimate(BaseModel):
 
     @property
     def plan_summary(self) -> str:
-        """The plan's choices in a few characters: ``fp16 tp8``, ``int8 tp8``, ``fp16 offload:cpu``."""
+        """The plan's choices in a few characters: ``fp16 tp8``, ``int8 tp8``, ``fp16 tp4 x2`` (two copies
+        per instance), ``fp16 offload:cpu``."""
         if self.plan is None:
             return "-"
         plan = self.plan
@@ -111,6 +112,8 @@ class SkuEstimate(BaseModel):
         parts = ["int8" if plan.quantization == "int8" else dtype]
         if plan.tensor_parallel > 1:
             parts.append(f"tp{plan.tensor_parallel}")
+        if plan.replicas > 1:
+            parts.append(f"x{plan.replicas}")
         if plan.zero_offload:
             parts.append(f"offload:{plan.zero_offload}")
         return " ".join(parts)
@@ -129,6 +132,7 @@ class SkuEstimate(BaseModel):
             "dtype": plan.dtype if plan else None,
             "quantization": plan.quantization if plan else None,
             "tensor_parallel": plan.tensor_parallel if plan else None,
+            "replicas": plan.replicas if plan else None,
             "zero_offload": plan.zero_offload if plan else None,
             "batch": self.batch,
             "max_batch_size": self.max_batch_size,

@@ -36,7 +36,16 @@ from .hardware import Hardware
 from .models import ModelFacts, ModelSource, resolve_model, resolve_task
 from .planner import OptimizationPlan, PlanOverrides, make_plan
 
-__all__ = ["Package", "PackageManifest", "PackageError", "package", "MANIFEST_FILE", "SCHEMA_VERSION", "deployment_name"]
+__all__ = [
+    "Package",
+    "PackageManifest",
+    "PackageError",
+    "package",
+    "MANIFEST_FILE",
+    "SCHEMA_VERSION",
+    "deployment_name",
+    "worker_threads",
+]
 
 MANIFEST_FILE = "mii_package.json"
 SCHEMA_VERSION = 1
@@ -182,6 +191,12 @@ class Package:
 
     def __repr__(self) -> str:
         return f"Package(name={self.name!r}, task={self.manifest.task!r}, path={str(self.path)!r})"
+
+
+def worker_threads(plan: OptimizationPlan) -> int:
+    """Request threads of each inference-server worker (one model copy): enough for its batcher to
+    gather full batches from concurrent requests. The same on Azure ML and in the local harness."""
+    return max(64, 2 * plan.max_batch_size)
 
 
 def deployment_name(facts: ModelFacts) -> str:
@@ -343,9 +358,14 @@ def _write_azureml_specs(staging: Path, manifest: PackageManifest) -> None:
     else:
         model = {"name": manifest.name, "path": f"../{MODEL_LINK}"}
     settings = manifest.settings
+    plan = manifest.plan
     variables = {
         "MII_AZURE_DEPLOYMENT_NAME": manifest.name,
         "MII_AZURE_TASK": manifest.task,
+        # One inference-server worker per model copy; each claims its own GPUs (mii_azure.runtime.replicas).
+        "WORKER_COUNT": str(plan.replicas),
+        # Threads let concurrent requests reach each copy's batcher (the server's workers are sync otherwise).
+        "GUNICORN_CMD_ARGS": f"--threads {worker_threads(plan)}",
     }
     deployment = {
         "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json",
@@ -359,7 +379,8 @@ def _write_azureml_specs(staging: Path, manifest: PackageManifest) -> None:
         "environment_variables": variables,
         "request_settings": {
             "request_timeout_ms": min(int(settings.request_timeout_s * 1000), AZURE_MAX_REQUEST_TIMEOUT_MS),
-            "max_concurrent_requests_per_instance": max(1, manifest.plan.max_batch_size),
+            # Enough to fill every copy's batches.
+            "max_concurrent_requests_per_instance": max(1, plan.replicas * plan.max_batch_size),
         },
     }
     (folder / "endpoint.yml").write_text(yaml.safe_dump(endpoint, sort_keys=False), encoding="utf-8")

@@ -13,6 +13,13 @@ Memory model, per GPU (all figures in GB of 1e9 bytes):
 * workspace: 1 GB (CUDA context, kernels) plus activations of one forward pass over the batch
   (4 x tokens x hidden size x 2 bytes) and the logits of one step (batch x vocabulary x 4 bytes);
 * headroom: 10% of the GPU's memory, for fragmentation.
+
+Replicas: a VM serves ``replicas`` model copies, each on its own ``tensor_parallel`` GPUs (one
+inference-server worker per copy; see :mod:`mii_azure.runtime.replicas`). On GPU the planner fills
+the VM (``gpus // tensor_parallel``) unless ZeRO-Inference offload streams the weights from the
+VM's shared host memory or NVMe (then 1), or host memory cannot hold the weights of every copy
+while they load. On CPU one copy uses every core (``replicas`` > 1 only on request; the copies
+share the host's RAM, so the memory breakdown is then per copy, of its share of the RAM).
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class PlanOverrides(BaseModel):
 
     dtype: Optional[Dtype] = None
     tensor_parallel: Optional[int] = Field(None, ge=1)
+    #: Checked by the planner (not here), so that replicas=0 is a ConfigError naming the nearest working value.
+    replicas: Optional[int] = None
     kernel_inject: Optional[bool] = None
     quantization: Optional[Literal["int8", "none"]] = None
     zero_offload: Optional[Literal["cpu", "nvme", "none"]] = None
@@ -80,7 +89,7 @@ class PlanOverrides(BaseModel):
 
 
 class MemoryBreakdown(BaseModel):
-    """The memory a plan relies on, per GPU (or for the host, on CPU), in GB."""
+    """The memory a plan relies on, per GPU (or, on CPU, of one copy's share of host RAM), in GB."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -114,6 +123,9 @@ class OptimizationPlan(BaseModel):
     parameter_count: Optional[int]
     dtype: Dtype
     tensor_parallel: int
+    replicas: int = Field(
+        1, ge=1, description="Model copies per instance (VM), each on its own tensor_parallel GPUs (CPU: its share of the cores)."
+    )
     kernel_inject: bool
     quantization: Optional[Literal["int8"]]
     zero_offload: Optional[Literal["cpu", "nvme"]]
@@ -143,10 +155,13 @@ class OptimizationPlan(BaseModel):
     def describe(self) -> str:
         """A human-readable summary: the choices, the memory, and why."""
         memory = self.memory
-        where = "per GPU" if self.hardware.kind == "gpu" else "host RAM"
+        if self.hardware.kind == "gpu":
+            where = "per GPU"
+        else:
+            where = "host RAM" if self.replicas == 1 else f"host RAM per copy (1/{self.replicas} of it)"
         lines = [
             f"Plan for {self.model} ({self.task}) on {self.hardware.describe()}",
-            f"  dtype={self.dtype} tensor_parallel={self.tensor_parallel} kernel_inject={self.kernel_inject} "
+            f"  dtype={self.dtype} tensor_parallel={self.tensor_parallel} replicas={self.replicas} kernel_inject={self.kernel_inject} "
             f"quantization={self.quantization} zero_offload={self.zero_offload} cuda_graph={self.cuda_graph}",
             f"  max_batch_size={self.max_batch_size} max_input_tokens={self.max_input_tokens} "
             f"max_new_tokens={self.max_new_tokens}",
@@ -212,7 +227,15 @@ class _Planner:
         self.overrides = overrides
         self.reasons: dict[str, str] = {}
         self.generation = task in GENERATION_TASKS
+        self.replicas = 1
         self._check_input_override()
+        if overrides.replicas is not None and overrides.replicas < 1:
+            raise ConfigError(
+                f"replicas={overrides.replicas} would serve no model copy; use replicas=1 (or more, where the "
+                "hardware holds more copies).",
+                conflict="replicas",
+                nearest=1,
+            )
         context = facts.max_positions or UNBOUNDED_CONTEXT
         if facts.is_diffusion:
             self.max_new_tokens = 0
@@ -376,9 +399,12 @@ class _CpuPlanner(_Planner):
                 "Hardware.cpu(cores=..., ram_gb=...).",
                 conflict="hardware",
             )
+        tensor_parallel = self._cpu_tensor_parallel()
+        self.replicas = self._cpu_replicas(tensor_parallel)
         fitting = CPU_BATCH
         while fitting > 1 and not self._host_memory(dtype, quantization, fitting).fits:
             fitting //= 2
+        self._check_cpu_copies_fit(dtype, quantization)
         batch = overrides.max_batch_size or fitting
         memory = self._host_memory(dtype, quantization, batch)
         if not memory.fits and overrides.max_batch_size and self._host_memory(dtype, quantization, fitting).fits:
@@ -395,7 +421,6 @@ class _CpuPlanner(_Planner):
                 needed_gb=memory.used_gb,
                 capacity_gb=memory.capacity_gb,
             )
-        tensor_parallel = self._cpu_tensor_parallel()
         self.reasons["kernel_inject"] = (
             self.override_note("kernel_inject") + ": no kernel injection."
             if overrides.kernel_inject is False
@@ -416,6 +441,7 @@ class _CpuPlanner(_Planner):
         return self.finish(
             dtype=dtype,
             tensor_parallel=tensor_parallel,
+            replicas=self.replicas,
             kernel_inject=False,
             quantization=quantization,
             zero_offload=None,
@@ -423,6 +449,53 @@ class _CpuPlanner(_Planner):
             max_batch_size=batch,
             memory=memory,
             kv_bytes_per_token=self.kv_bytes_per_token(dtype),
+        )
+
+    def _cpu_replicas(self, tensor_parallel: int) -> int:
+        """One copy using every core, unless the caller asks for more (each gets cores // replicas threads)."""
+        given = self.overrides.replicas
+        cores = self.hardware.cpu_cores
+        if given is None:
+            self.reasons["replicas"] = (
+                "1: one copy using every core is fastest on a CPU; more copies would split the same cores and "
+                "memory bandwidth, and each would read its own weights."
+            )
+            return 1
+        most = max(1, cores // tensor_parallel)
+        if given > most:
+            needed = f"{given} copies of {tensor_parallel} process{'es' if tensor_parallel > 1 else ''} need {given * tensor_parallel} cores"
+            raise ConfigError(
+                f"replicas={given}: {needed}, more than the {cores} cores of {self.hardware.name}; use replicas={most}.",
+                conflict="replicas",
+                nearest=most,
+                cores=cores,
+            )
+        self.reasons["replicas"] = self.override_note("replicas") + (
+            f": {given} copies, each with {cores // given} of the {cores} cores and 1/{given} of the host RAM."
+            if given > 1
+            else "."
+        )
+        return given
+
+    def _check_cpu_copies_fit(self, dtype: str, quantization: Optional[str]) -> None:
+        """ConfigError naming the most copies that fit, when the asked-for copies do not fit the RAM at batch 1."""
+        if self.replicas == 1 or self._host_memory(dtype, quantization, 1).fits:
+            return
+        asked = self.replicas
+        nearest = 1
+        for copies in range(asked - 1, 0, -1):
+            self.replicas = copies
+            if self._host_memory(dtype, quantization, 1).fits:
+                nearest = copies
+                break
+        self.replicas = asked
+        memory = self._host_memory(dtype, quantization, 1)
+        raise ConfigError(
+            f"replicas={asked} copies of {self.facts.name} need about {asked * (memory.used_gb - memory.headroom_gb):.1f} GB "
+            f"of RAM at batch 1, and {self.hardware.describe()} has {asked * memory.capacity_gb:.1f} GB usable; "
+            f"use replicas={nearest}.",
+            conflict="replicas",
+            nearest=nearest,
         )
 
     def _cpu_tensor_parallel(self) -> int:
@@ -456,7 +529,8 @@ class _CpuPlanner(_Planner):
         return given
 
     def _host_memory(self, dtype: str, quantization: Optional[str], batch: int) -> MemoryBreakdown:
-        capacity = (self.hardware.ram_gb or 0.0) * HOST_RAM_USABLE
+        """One copy's memory in its share of the usable host RAM (all of it with one copy)."""
+        capacity = (self.hardware.ram_gb or 0.0) * HOST_RAM_USABLE / self.replicas
         return MemoryBreakdown(
             capacity_gb=capacity,
             weights_gb=self.weights_gb(dtype, quantization),
@@ -510,12 +584,14 @@ class _GpuPlanner(_Planner):
         if fitted is None:
             return self._offload_plan(dtype, kernel_inject)
         quantization, tensor_parallel = fitted
+        replicas = self._gpu_replicas(dtype, tensor_parallel)
         batch = self._batch(dtype, quantization, tensor_parallel)
         memory = self._memory(dtype, quantization, tensor_parallel, batch)
-        cuda_graph = self._cuda_graph(kernel_inject, tensor_parallel, offload=None, batch=batch)
+        cuda_graph = self._cuda_graph(tensor_parallel, offload=None)
         return self.finish(
             dtype=dtype,
             tensor_parallel=tensor_parallel,
+            replicas=replicas,
             kernel_inject=kernel_inject,
             quantization=quantization,
             zero_offload=None,
@@ -526,6 +602,53 @@ class _GpuPlanner(_Planner):
         )
 
     # --- choices ---------------------------------------------------------------------------
+    def _gpu_replicas(self, dtype: str, tensor_parallel: int) -> int:
+        """Copies of ``tensor_parallel`` GPUs each: as many as the GPUs hold, unless host memory cannot
+        stage the weights of every copy while they load (they load at once, one server worker each)."""
+        gpus = self.hardware.gpus
+        most = gpus // tensor_parallel
+        given = self.overrides.replicas
+        tp_text = f"{tensor_parallel} GPU{'s' if tensor_parallel > 1 else ''}"
+        if given is not None and given > most:
+            raise ConfigError(
+                f"replicas={given} copies of {tp_text} each need {given * tensor_parallel} GPUs, and {self.hardware.name} "
+                f"has {gpus}; use replicas={most}.",
+                conflict="replicas",
+                nearest=most,
+            )
+        staged = self.weights_gb(dtype, None)  # a copy's checkpoint passes through host memory as it loads
+        ram = (self.hardware.ram_gb or 0.0) * HOST_RAM_USABLE
+        held = max(1, min(most, int(ram // staged))) if ram and staged else most
+        if given is not None:
+            if given > held:
+                raise ConfigError(
+                    f"replicas={given} copies each load {staged:.0f} GB of {dtype} weights through host memory at "
+                    f"the same time, and {self.hardware.name} has {ram:.0f} GB usable; use replicas={held}.",
+                    conflict="replicas",
+                    nearest=held,
+                )
+            idle = gpus - given * tensor_parallel
+            self.reasons["replicas"] = self.override_note("replicas") + (
+                f": {given} cop{'ies' if given > 1 else 'y'} of {tp_text} each"
+                + (f"; {idle} of the {gpus} GPUs stay idle." if idle else ".")
+            )
+            return given
+        if held < most:
+            self.reasons["replicas"] = (
+                f"{held}: the {gpus} GPUs would hold {most} copies, but each copy loads {staged:.0f} GB of weights "
+                f"through host memory and {self.hardware.name} has {ram:.0f} GB usable."
+            )
+        elif most == 1 and gpus == 1:
+            self.reasons["replicas"] = "1: the instance has one GPU, which holds one copy."
+        elif most == 1:
+            self.reasons["replicas"] = f"1: tensor parallelism spreads the one copy over all {gpus} GPUs."
+        else:
+            self.reasons["replicas"] = (
+                f"{most}: the {gpus} GPUs hold {most} copies of {tp_text} each; every copy (one server worker) "
+                "batches its own requests, so throughput grows with the copies and no GPU stays idle."
+            )
+        return held
+
     def _gpu_dtype(self) -> str:
         chosen = self.overrides.dtype
         if chosen == "bfloat16" and not self.hardware.bf16:
@@ -724,7 +847,7 @@ class _GpuPlanner(_Planner):
             batch *= 2
         return batch
 
-    def _cuda_graph(self, kernel_inject: bool, tensor_parallel: int, offload: Optional[str], batch: int) -> bool:
+    def _cuda_graph(self, tensor_parallel: int, offload: Optional[str]) -> bool:
         given = self.overrides.cuda_graph
         if given:
             if offload:
@@ -739,10 +862,10 @@ class _GpuPlanner(_Planner):
                     "use cuda_graph=False, or tensor_parallel=1 on a GPU that holds the model.",
                     conflict="cuda_graph",
                 )
-            if not kernel_inject:
+            if self.task not in STATIC_SHAPE_TASKS:
                 raise ConfigError(
-                    "cuda_graph=True needs kernel injection (DeepSpeed captures its injected kernels); use "
-                    "cuda_graph=False.",
+                    f"cuda_graph=True needs fixed shapes per call, and {self.task} changes shape with every new "
+                    "token (its KV cache grows); use cuda_graph=False.",
                     conflict="cuda_graph",
                 )
         if given is not None:
@@ -752,14 +875,13 @@ class _GpuPlanner(_Planner):
             self.reasons["cuda_graph"] = "off: offloaded weights stream in during each pass, which a graph cannot capture."
         elif tensor_parallel > 1:
             self.reasons["cuda_graph"] = "off: DeepSpeed-Inference does not capture CUDA graphs with tensor parallelism."
-        elif not kernel_inject:
-            self.reasons["cuda_graph"] = "off: CUDA graphs are captured over DeepSpeed's injected kernels, which are not used."
         elif self.task not in STATIC_SHAPE_TASKS:
             self.reasons["cuda_graph"] = "off: generation changes shapes every step (growing KV cache), so a graph would be re-captured."
         else:
             self.reasons["cuda_graph"] = (
-                f"on: {self.task} runs fixed shapes per batch size, so replaying a captured graph removes "
-                "kernel-launch overhead at small batches."
+                f"on: {self.task} calls are padded to shape buckets (batch in powers of two, inputs in "
+                "64-token steps) and each bucket's captured graph is replayed, which removes the kernel-launch "
+                "overhead that dominates at small batches."
             )
             return True
         return False
@@ -772,6 +894,15 @@ class _GpuPlanner(_Planner):
         target = asked if asked in ("cpu", "nvme") else ("cpu" if weights <= ram * HOST_RAM_USABLE else "nvme")
         if self.overrides.zero_offload == "none":
             self._explain_override_misfit(dtype, [None], self._tensor_parallel_options())
+        if self.overrides.replicas is not None and self.overrides.replicas > 1:
+            why = "as asked" if asked in ("cpu", "nvme") else f"because its weights do not fit {self.hardware.name}'s GPUs"
+            raise ConfigError(
+                f"replicas={self.overrides.replicas}: {self.facts.name} is served with ZeRO-Inference offload ({why}), "
+                f"which streams the weights from the host memory or NVMe the whole VM shares, so it serves one copy "
+                "per VM; use replicas=1.",
+                conflict="replicas",
+                nearest=1,
+            )
         if asked == "cpu" and weights > ram * HOST_RAM_USABLE:
             raise ConfigError(
                 f"zero_offload='cpu' needs {weights:.0f} GB of host memory for the weights and {self.hardware.name} "
@@ -813,7 +944,13 @@ class _GpuPlanner(_Planner):
                 else f"{weights:.0f} GB of weights do not fit {self.hardware.gpus}x {capacity:g} GB."
             )
         )
-        self.reasons["tensor_parallel"] = "1: with offload each GPU streams the whole model; more GPUs serve more replicas."
+        self.reasons["tensor_parallel"] = "1: with offload one GPU streams the whole model layer by layer from the host."
+        self.reasons["replicas"] = (
+            self.override_note("replicas") + "."
+            if self.overrides.replicas == 1
+            else "1: ZeRO-Inference streams the weights from host memory or NVMe, which the whole VM shares, so "
+            "more copies would split that bandwidth (and need more host memory) instead of adding throughput."
+        )
         host = f"host memory has {ram:.0f} GB" if ram else "the catalog does not give this SKU's host memory"
         where = "host memory" if target == "cpu" else f"local NVMe (it needs {weights:.0f} GB; {host})"
         self.reasons["zero_offload"] = (
@@ -827,10 +964,11 @@ class _GpuPlanner(_Planner):
             if self.overrides.max_batch_size
             else f"{batch}: large batches amortize each layer's transfer; the largest power of two whose KV cache fits."
         )
-        cuda_graph = self._cuda_graph(kernel_inject, 1, offload=target, batch=batch)
+        cuda_graph = self._cuda_graph(1, offload=target)
         return self.finish(
             dtype=dtype,
             tensor_parallel=1,
+            replicas=1,
             kernel_inject=kernel_inject,
             quantization=None,
             zero_offload=target,

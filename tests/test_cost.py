@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from math import ceil
 import struct
 import subprocess
 import sys
@@ -173,6 +174,79 @@ def test_slo_filtering_and_replicas_on_a_hand_computed_case():
     unbounded = estimate_cost(TOY_MODEL, workload.model_copy(update={"latency_slo_ms": None}), hardware=[TOY_GPU], calibration=UNIT_CALIBRATION)
     assert unbounded["toy-gpu"].batch == 64
     assert unbounded["toy-gpu"].latency_ms == pytest.approx(2 + 0.02606 * 64)
+
+
+def test_an_instance_serves_every_copy_of_the_plan_on_a_hand_computed_case():
+    """The toy case above on a toy instance with two of the same GPUs at twice the price.
+
+    The plan serves 2 copies (tp1 each); each copy runs exactly as on the one-GPU toy (batch 38 within
+    3 ms per token), so an instance serves 2 x 101.594 = 203.19 requests/s.
+    instances = ceil(250 / 203.19) = ceil(1.230) = 2; $/h = 2 x $4 = $8 (the one-GPU toy: 3 x $2 = $6).
+    $/M tokens at capacity = 4 / (2 x 10,159.4 tokens/s x 3600) x 1e6, the same as one GPU's at $2.
+    """
+    workload = Workload(prompt_tokens=100, new_tokens=100, requests_per_second=250, latency_slo_ms=3)
+    two_gpus = TOY_GPU.model_copy(update={"name": "toy-2gpu", "gpus": 2, "usd_per_hour": 4.0})
+    report = estimate_cost(TOY_MODEL, workload, hardware=[TOY_GPU, two_gpus], calibration=UNIT_CALIBRATION)
+    one, two = report["toy-gpu"], report["toy-2gpu"]
+    assert (one.plan.replicas, two.plan.replicas) == (1, 2) and two.plan.tensor_parallel == 1
+    assert two.batch == one.batch == 38 and two.latency_ms == pytest.approx(one.latency_ms)
+    copy_rate = 38 / 0.37403848
+    assert one.requests_per_s_per_instance == pytest.approx(copy_rate)
+    assert two.requests_per_s_per_instance == pytest.approx(2 * copy_rate)
+    assert two.tokens_per_s_per_instance == pytest.approx(2 * copy_rate * 100)
+    assert two.instances == ceil(250 / (2 * copy_rate)) == 2
+    assert two.usd_per_hour == pytest.approx(8.0) and one.usd_per_hour == pytest.approx(6.0)
+    assert two.usd_per_million_tokens == pytest.approx(8 / (250 * 100 * 3600) * 1e6)
+    assert two.usd_per_million_tokens_at_capacity == pytest.approx(4 / (2 * copy_rate * 100 * 3600) * 1e6)
+    assert two.usd_per_million_tokens_at_capacity == pytest.approx(one.usd_per_million_tokens_at_capacity)
+    assert "2 model copies per instance, 1 GPU each: throughput per instance = 2 x one copy's" in two.notes
+    assert not any("cop" in note for note in one.notes)  # one GPU, one copy: nothing to say
+    assert two.plan_summary == "fp16 x2" and two.to_record()["replicas"] == 2
+
+
+def test_8_gpu_skus_are_costed_with_every_copy_their_plan_serves():
+    """Llama-2-70B on ND96asr_v4 (8x A100 40GB) plans tp4, so 2 copies: derived from a one-copy estimate."""
+    workload = Workload(prompt_tokens=512, new_tokens=128, requests_per_second=20)
+    full = estimate_cost("meta-llama/Llama-2-70b-hf", workload, skus=["ND96asr_v4"])["Standard_ND96asr_v4"]
+    single = estimate_cost("meta-llama/Llama-2-70b-hf", workload, skus=["ND96asr_v4"], overrides={"replicas": 1})[
+        "Standard_ND96asr_v4"
+    ]
+    assert (full.plan.tensor_parallel, full.plan.replicas) == (4, 2) and single.plan.replicas == 1
+    assert full.batch == single.batch and full.latency_ms == pytest.approx(single.latency_ms)
+    assert full.tokens_per_s_per_instance == pytest.approx(2 * single.tokens_per_s_per_instance)
+    assert full.instances == ceil(20 / full.requests_per_s_per_instance - 1e-9)
+    assert single.instances == ceil(20 / single.requests_per_s_per_instance - 1e-9)
+    assert full.usd_per_hour == pytest.approx(full.instances * full.usd_per_hour_instance)
+    assert full.usd_per_million_tokens_at_capacity == pytest.approx(single.usd_per_million_tokens_at_capacity / 2)
+    assert "2 model copies per instance, 4 GPUs each: throughput per instance = 2 x one copy's" in full.notes
+    assert any("4 of its 8 GPUs stay idle (replicas set by the caller)" in note for note in single.notes)
+    assert not any("stay idle" in note for note in full.notes)
+    # Bloom-176B fills the 8 GPUs with one tp8 copy: nothing is idle and nothing multiplies.
+    bloom = estimate_cost("bigscience/bloom", BLOOM_WORKLOAD, skus=["ND96amsr"])["Standard_ND96amsr_A100_v4"]
+    assert (bloom.plan.tensor_parallel, bloom.plan.replicas) == (8, 1)
+    assert "1 model copy per instance, 8 GPUs each" in bloom.notes
+    # Offloaded plans serve one copy and say why the rest of the GPUs wait.
+    offloaded = estimate_cost("bigscience/bloom", BLOOM_WORKLOAD, skus=["ND96asr_v4"], overrides={"quantization": "none"})
+    note = "; ".join(offloaded["Standard_ND96asr_v4"].notes)
+    assert "7 of its 8 GPUs stay idle (ZeRO-Inference offload" in note
+
+
+def test_replicas_that_do_not_fit_a_sku_are_reported_not_raised():
+    report = estimate_cost(LLAMA_7B, Workload(), skus=["NC24ads_A100_v4", "ND96amsr"], overrides={"replicas": 2})
+    assert report["Standard_NC24ads_A100_v4"].status == "does_not_fit"
+    assert "use replicas=1" in report["Standard_NC24ads_A100_v4"].reason
+    assert report["Standard_ND96amsr_A100_v4"].plan.replicas == 2
+
+
+def test_cpu_copies_share_the_machine_so_they_add_no_throughput():
+    """On CPU the copies split one machine's bandwidth and FLOPs: at best the same throughput per instance."""
+    cpu = Hardware.cpu(cores=8, ram_gb=64, bf16=True, bandwidth_gb_s=30, peak_gflops=1000, name="cpu8", usd_per_hour=1.0)
+    workload = Workload(prompt_tokens=64, new_tokens=32, requests_per_second=1)
+    one = estimate_cost(TOY_MODEL, workload, hardware=[cpu], calibration=UNIT_CALIBRATION)["cpu8"]
+    two = estimate_cost(TOY_MODEL, workload, hardware=[cpu], calibration=UNIT_CALIBRATION, overrides={"replicas": 2})["cpu8"]
+    assert (one.plan.replicas, two.plan.replicas) == (1, 2)
+    assert two.tokens_per_s_per_instance <= one.tokens_per_s_per_instance * (1 + 1e-9)
+    assert any("2 copies share the CPU" in note for note in two.notes)
 
 
 def test_tensor_parallel_all_reduce_and_offload_terms():

@@ -158,7 +158,26 @@ def test_azure_ml_specs_load_with_azure_ai_ml(model_dirs, tmp_path, name):
     assert (specs / deployment.model.path).resolve() == (bundle.path / "model").resolve()
     assert deployment.environment.image == bundle.manifest.image
     assert deployment.environment_variables["MII_AZURE_TASK"] == bundle.manifest.task
+    assert deployment.environment_variables["WORKER_COUNT"] == str(bundle.plan.replicas)
     assert deployment.request_settings.request_timeout_ms <= 180_000
+
+
+def test_an_8_gpu_package_runs_one_server_worker_per_model_copy(model_dirs, tmp_path):
+    from azure.ai.ml import load_online_deployment
+
+    from mii_azure.packaging import worker_threads
+
+    bundle = package(model_dirs["gpt2"], output=tmp_path / "nd96", sku="ND96amsr")
+    plan = bundle.plan
+    assert (plan.tensor_parallel, plan.replicas) == (1, 8)
+    deployment = load_online_deployment(source=bundle.path / "azureml" / "deployment.yml")
+    assert deployment.instance_type == "Standard_ND96amsr_A100_v4"
+    assert deployment.environment_variables["WORKER_COUNT"] == "8"
+    # Each worker's request threads feed its copy's batcher, as in the local harness.
+    assert deployment.environment_variables["GUNICORN_CMD_ARGS"] == f"--threads {worker_threads(plan)}"
+    assert deployment.request_settings.max_concurrent_requests_per_instance == 8 * plan.max_batch_size
+    one_copy = package(model_dirs["gpt2"], output=tmp_path / "nd96-one", sku="ND96amsr", replicas=1)
+    assert load_online_deployment(source=one_copy.path / "azureml" / "deployment.yml").environment_variables["WORKER_COUNT"] == "1"
 
 
 def test_package_planned_for_an_azure_sku(model_dirs, tmp_path):

@@ -29,6 +29,7 @@ from mii_azure.planner import (
     CPU_BATCH,
     HEADROOM_FRACTION,
     HOST_RAM_USABLE,
+    STATIC_SHAPE_TASKS,
     MemoryBreakdown,
     OptimizationPlan,
     PlanOverrides,
@@ -42,7 +43,7 @@ ND96ASR = "Standard_ND96asr_v4"  # 8x A100 40GB
 NC24ADS = "Standard_NC24ads_A100_v4"  # 1x A100 80GB
 T4 = "Standard_NC4as_T4_v3"  # 1x T4 16GB
 
-CHOICES = ("dtype", "tensor_parallel", "kernel_inject", "quantization", "zero_offload", "cuda_graph", "max_batch_size")
+CHOICES = ("dtype", "tensor_parallel", "replicas", "kernel_inject", "quantization", "zero_offload", "cuda_graph", "max_batch_size")
 GENERATION = {"text-generation", "text2text-generation"}
 DTYPE_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
 INT8_BYTES = 1.02  # one byte per weight plus 2% for the scales
@@ -132,7 +133,8 @@ def check_memory(p: OptimizationPlan, facts: ModelFacts) -> None:
     if hw.kind == "gpu":
         assert memory.capacity_gb == hw.gpu_memory_gb
     else:
-        assert memory.capacity_gb == pytest.approx(hw.ram_gb * HOST_RAM_USABLE)
+        # Each copy's share of the host RAM (all of it for one copy).
+        assert memory.capacity_gb == pytest.approx(hw.ram_gb * HOST_RAM_USABLE / p.replicas)
     assert memory.headroom_gb == pytest.approx(memory.capacity_gb * HEADROOM_FRACTION)
 
     per_parameter = INT8_BYTES if p.quantization == "int8" else DTYPE_BYTES[p.dtype]
@@ -199,6 +201,36 @@ def check_parallelism(p: OptimizationPlan, facts: ModelFacts) -> None:
         assert_does_not_fit_in_gpu_memory(facts, p, overrides, f"tensor_parallel={max(valid)}")
 
 
+def check_replicas(p: OptimizationPlan, facts: ModelFacts) -> None:
+    """Copies per instance: each on its own GPUs (cores), as many as fit unless offloaded or on CPU."""
+    hw = p.hardware
+    if hw.kind == "cpu":
+        assert p.replicas * p.tensor_parallel <= hw.cpu_cores
+        if "replicas" not in p.overrides:
+            assert p.replicas == 1
+        return
+    assert p.replicas * p.tensor_parallel <= hw.gpus
+    if p.zero_offload:
+        assert p.replicas == 1
+        return
+    if "replicas" in p.overrides:
+        return
+    # As many copies as the GPUs hold, unless host RAM cannot stage every copy's weights at once.
+    staged_gb = facts.parameter_count * DTYPE_BYTES[p.dtype] / GB
+    expected = hw.gpus // p.tensor_parallel
+    if hw.ram_gb:
+        expected = max(1, min(expected, int(hw.ram_gb * HOST_RAM_USABLE // staged_gb)))
+    assert p.replicas == expected, p.describe()
+    # The largest: one more copy is refused, naming this plan's count.
+    overrides = same_sizes(
+        p, tensor_parallel=p.tensor_parallel, quantization=p.quantization or "none", replicas=p.replicas + 1
+    )
+    with pytest.raises(ConfigError) as raised:
+        make_plan(facts, hw, task=p.task, overrides=overrides)
+    assert raised.value.conflict == "replicas" and raised.value.nearest == p.replicas
+    assert f"use replicas={p.replicas}" in raised.value.message
+
+
 def assert_does_not_fit_in_gpu_memory(facts: ModelFacts, p: OptimizationPlan, overrides: PlanOverrides, named: str) -> None:
     """Either a memory ConfigError naming the setting, or (tensor_parallel=1 without quantization, which
     ZeRO-Inference can serve) a plan that must offload the weights."""
@@ -246,6 +278,7 @@ def check_reasons(p: OptimizationPlan) -> None:
     shown = {
         "dtype": p.dtype,
         "tensor_parallel": str(p.tensor_parallel),
+        "replicas": str(p.replicas),
         "kernel_inject": "on" if p.kernel_inject else "off",
         "quantization": p.quantization or "none",
         "zero_offload": p.zero_offload or "none",
@@ -273,9 +306,10 @@ def check_plan(p: OptimizationPlan, facts: Optional[ModelFacts] = None) -> Optim
     if p.hardware.kind == "cpu":
         assert not p.kernel_inject and not p.cuda_graph and p.zero_offload is None
     if p.cuda_graph:
-        assert p.kernel_inject and p.tensor_parallel == 1 and not p.zero_offload
+        assert p.task in STATIC_SHAPE_TASKS and p.tensor_parallel == 1 and not p.zero_offload
     check_memory(p, facts)
     check_parallelism(p, facts)
+    check_replicas(p, facts)
     check_batch(p, facts)
     check_reasons(p)
     check_round_trip(p)
@@ -398,7 +432,7 @@ def test_gpt_neox_has_no_kernel_injection_because_its_policy_is_broken():
     assert p.kernel_inject is False
     reason = p.reasons["kernel_inject"]
     assert reason.startswith("off:") and "policy" in reason and "GPT-NeoX" in reason
-    assert "injected kernels" in p.reasons["cuda_graph"]
+    assert "generation changes shapes" in p.reasons["cuda_graph"]
 
 
 @pytest.mark.parametrize("model", ["bert-base-uncased", "roberta-base"])
@@ -407,7 +441,7 @@ def test_gpt_neox_has_no_kernel_injection_because_its_policy_is_broken():
 def test_encoders_inject_kernels_and_capture_cuda_graphs_for_static_shapes(model, task, sku):
     p = planned(model, sku=sku, task=task)
     assert p.kernel_inject is True and p.cuda_graph is True and p.tensor_parallel == 1
-    assert p.task in p.reasons["cuda_graph"] and "fixed shapes" in p.reasons["cuda_graph"]
+    assert p.task in p.reasons["cuda_graph"] and "shape buckets" in p.reasons["cuda_graph"]
     assert p.max_new_tokens == 0 and p.kv_cache_tokens == 0
 
 
@@ -520,6 +554,121 @@ def test_describe_shows_choices_memory_and_every_reason():
         assert f"{choice}: {reason}" in text
 
 
+# --------------------------------------------------------------------------- replicas: model copies per instance
+
+REPLICAS_TABLE = [
+    # (model, sku, tensor_parallel, replicas): copies of tensor_parallel GPUs fill the instance's 8 GPUs.
+    ("meta-llama/Llama-2-70b-hf", ND96ASR, 4, 2),
+    ("meta-llama/Llama-2-70b-hf", ND96AMSR, 2, 4),
+    ("bigscience/bloom", ND96AMSR, 8, 1),
+    ("bigscience/bloom", ND96ASR, 8, 1),
+    ("EleutherAI/gpt-j-6b", ND96AMSR, 1, 8),
+    # ZeRO-Inference streams from the VM's shared host memory / NVMe: one copy.
+    ("bigscience/bloom", NC24ADS, 1, 1),
+    ("facebook/opt-66b", NC24ADS, 1, 1),
+    ("EleutherAI/gpt-j-6b", T4, 1, 1),
+]
+
+
+@pytest.mark.parametrize("model,sku,tensor_parallel,replicas", REPLICAS_TABLE, ids=[f"{m}@{s}" for m, s, _, _ in REPLICAS_TABLE])
+def test_replicas_fill_the_instance_with_copies_of_tensor_parallel_gpus(model, sku, tensor_parallel, replicas):
+    p = planned(model, sku=sku)
+    assert (p.tensor_parallel, p.replicas) == (tensor_parallel, replicas), p.describe()
+    assert p.replicas * p.tensor_parallel <= p.hardware.gpus
+    assert p.reasons["replicas"].startswith(f"{replicas}:")
+    assert f"replicas={replicas}" in p.describe()
+    if p.zero_offload:
+        assert "host memory or NVMe" in p.reasons["replicas"] and "shares" in p.reasons["replicas"]
+    elif replicas > 1:
+        assert f"{replicas} copies of {tensor_parallel} GPU" in p.reasons["replicas"]
+
+
+def test_gpt2_on_an_8_gpu_sku_serves_8_copies(tmp_path):
+    folder = write_config(tmp_path / "gpt2-small", GPT2_SMALL_CONFIG)
+    p = planned(str(folder), sku=ND96AMSR)
+    assert (p.tensor_parallel, p.replicas) == (1, 8)
+    assert "no GPU stays idle" in p.reasons["replicas"]
+    assert OptimizationPlan.from_dict(json.loads(p.to_json())).replicas == 8
+
+
+def test_replicas_are_limited_by_the_host_memory_that_stages_every_copy():
+    # 8 A100-80GB hold eight fp16 copies of a 45e9-parameter shape (90 GB, two GPUs each would need tp2),
+    # so use a 30e9 one: 60 GB of fp16 weights fit one GPU, and 8 copies would stage 480 GB through host
+    # memory at once. With 200 GB of RAM, 180 GB usable hold 3 of them.
+    from mii_azure.workload import ModelShape
+
+    facts = ModelShape(parameters=30e9, layers=48, hidden_size=7168, heads=56, vocab_size=50000, name="shape-30b").facts()
+    small_host = get_sku(ND96AMSR).hardware.model_copy(update={"name": "small-host", "ram_gb": 200.0})
+    p = check_plan(make_plan(facts, small_host, overrides=PlanOverrides(max_new_tokens=64, max_input_tokens=256)), facts)
+    assert p.tensor_parallel == 1
+    assert p.replicas == int(200.0 * HOST_RAM_USABLE // (30e9 * 2 / GB)) == 3
+    assert "host memory" in p.reasons["replicas"] and "8 copies" in p.reasons["replicas"]
+    with pytest.raises(ConfigError) as raised:
+        make_plan(facts, small_host, overrides=PlanOverrides(max_new_tokens=64, max_input_tokens=256, replicas=4))
+    assert raised.value.conflict == "replicas" and raised.value.nearest == 3
+    assert "use replicas=3" in raised.value.message and "host memory" in raised.value.message
+
+
+def test_cpu_serves_one_copy_unless_asked(model_dirs):
+    p = planned(str(model_dirs["gpt2"]), hardware=CPU_BIG)
+    assert p.replicas == 1 and p.reasons["replicas"].startswith("1:") and "every core" in p.reasons["replicas"]
+    two = planned(str(model_dirs["gpt2"]), hardware=CPU_BIG, replicas=2)
+    assert two.replicas == 2 and two.overrides == ("replicas",)
+    assert "caller" in two.reasons["replicas"] and "4 of the 8 cores" in two.reasons["replicas"]
+    # Each copy plans in its half of the usable RAM.
+    assert two.memory.capacity_gb == pytest.approx(p.memory.capacity_gb / 2)
+    assert "host RAM per copy (1/2 of it)" in two.describe()
+    assert OptimizationPlan.from_dict(two.to_dict()) == two
+
+
+def test_cpu_replicas_must_fit_the_ram_and_the_cores(tmp_path, model_dirs):
+    with pytest.raises(ConfigError) as raised:
+        plan(str(model_dirs["gpt2"]), hardware=CPU_BF16, replicas=3)
+    assert raised.value.conflict == "replicas" and raised.value.nearest == 2
+    assert "use replicas=2" in raised.value.message and "2 cores" in raised.value.message
+    # A 6B model: 12 GB of bf16 weights; 21.6 GB usable hold one copy at batch 1, not two.
+    with pytest.raises(ConfigError) as raised:
+        plan(J6B, hardware=CPU_BF16, replicas=2)
+    assert raised.value.conflict == "replicas" and raised.value.nearest == 1
+    assert "use replicas=1" in raised.value.message and "RAM" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    "model,target,override,nearest,needle",
+    [
+        ("bigscience/bloom", {"sku": ND96AMSR}, {"replicas": 0}, 1, "serve no model copy"),
+        ("bigscience/bloom", {"sku": ND96AMSR}, {"replicas": 2}, 1, "need 16 GPUs"),
+        ("meta-llama/Llama-2-70b-hf", {"sku": ND96ASR}, {"replicas": 4}, 2, "need 16 GPUs"),
+        ("EleutherAI/gpt-j-6b", {"sku": ND96AMSR}, {"replicas": 4, "tensor_parallel": 4}, 2, "need 16 GPUs"),
+        ("EleutherAI/gpt-j-6b", {"sku": NC24ADS}, {"replicas": 2}, 1, "need 2 GPUs"),
+        ("bigscience/bloom", {"sku": NC24ADS}, {"replicas": 2}, 1, "ZeRO-Inference offload"),
+        ("EleutherAI/gpt-j-6b", {"sku": NC24ADS}, {"replicas": 2, "zero_offload": "cpu"}, 1, "ZeRO-Inference offload"),
+        ("bert-base-uncased", {"hardware": CPU_BF16}, {"replicas": 0}, 1, "serve no model copy"),
+    ],
+    ids=["zero", "bloom-tp8", "llama-tp4", "tp-given", "one-gpu", "offload", "offload-asked", "cpu-zero"],
+)
+def test_replicas_conflicts_name_the_nearest_working_value(model, target, override, nearest, needle):
+    with pytest.raises(ConfigError) as raised:
+        plan(model, **target, **override)
+    assert raised.value.conflict == "replicas" and raised.value.nearest == nearest
+    assert needle in raised.value.message and f"use replicas={nearest}" in raised.value.message
+    fixed = {**override, "replicas": nearest}
+    assert planned(model, **target, **fixed).replicas == nearest  # and the nearest value works
+
+
+def test_fewer_replicas_than_fit_leave_gpus_idle_and_say_so():
+    p = planned("EleutherAI/gpt-j-6b", sku=ND96AMSR, replicas=3)
+    assert p.replicas == 3 and p.overrides == ("replicas",)
+    assert "5 of the 8 GPUs stay idle" in p.reasons["replicas"]
+
+
+def test_plans_without_replicas_read_back_as_one_copy():
+    """Packages written before replicas existed keep loading: their plans serve one copy."""
+    data = plan("bigscience/bloom", sku=ND96AMSR).to_dict()
+    del data["replicas"]
+    assert OptimizationPlan.from_dict(data).replicas == 1
+
+
 # --------------------------------------------------------------------------- 4. overrides that cannot work
 
 
@@ -580,10 +729,15 @@ def test_cuda_graph_conflicts():
         plan("bigscience/bloom", sku=NC24ADS, cuda_graph=True)
     with pytest.raises(ConfigError, match="tensor_parallel=8; use cuda_graph=False"):
         plan("bigscience/bloom", sku=ND96AMSR, cuda_graph=True)
-    with pytest.raises(ConfigError, match="kernel injection.*use cuda_graph=False"):
+    with pytest.raises(ConfigError, match="text-generation changes shape with every new token.*use cuda_graph=False"):
         plan("EleutherAI/gpt-neox-20b", sku=ND96AMSR, cuda_graph=True)
-    with pytest.raises(ConfigError, match="kernel injection"):
-        plan("bert-base-uncased", sku=T4, kernel_inject=False, cuda_graph=True)
+
+
+def test_cuda_graphs_do_not_need_kernel_injection():
+    """The engine captures its own graphs per shape bucket, over whatever modules the model runs."""
+    p = plan("bert-base-uncased", sku=T4, kernel_inject=False)
+    assert (p.kernel_inject, p.cuda_graph) == (False, True)
+    assert "shape buckets" in p.reasons["cuda_graph"]
 
 
 @pytest.mark.parametrize(
@@ -672,7 +826,7 @@ HONOURED = [
     (J6B, {"sku": NC24ADS}, {"quantization": "int8"}),
     (J6B, {"sku": NC24ADS}, {"zero_offload": "cpu"}),
     ("facebook/opt-66b", {"sku": NC24ADS}, {"zero_offload": "nvme"}),
-    (J6B, {"sku": NC24ADS}, {"cuda_graph": True}),
+    ("bert-base-uncased", {"sku": T4}, {"cuda_graph": True}),
     (J6B, {"sku": NC24ADS}, {"max_batch_size": 3}),
     (J6B, {"sku": NC24ADS}, {"max_new_tokens": 32}),
     (J6B, {"sku": NC24ADS}, {"max_input_tokens": 1024}),
@@ -934,6 +1088,17 @@ def test_cli_plan_overrides(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["cuda_graph"] is False and data["max_batch_size"] == 8
     assert data["overrides"] == ["cuda_graph", "max_batch_size"]
+
+
+def test_cli_plan_shows_and_overrides_replicas(capsys):
+    assert main(["plan", "meta-llama/Llama-2-70b-hf", "--sku", "ND96asr"]) == 0
+    out = capsys.readouterr().out
+    assert "tensor_parallel=4 replicas=2" in out and "    replicas: 2: " in out
+    assert main(["plan", "bert-base-uncased", "--sku", "ND96", "--json", "--replicas", "3"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["replicas"] == 3 and data["overrides"] == ["replicas"]
+    assert main(["plan", "bigscience/bloom", "--sku", "ND96", "--replicas", "2"]) == 1
+    assert "use replicas=1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.serving
 
 
 def _check_envelope(body: dict, task: str, count: int) -> list:
-    assert set(body) == {"responses", "task", "model", "timing"}
+    assert set(body) == {"responses", "task", "model", "replica", "timing"}
+    assert body["replica"] == 0  # one worker, one model copy
     assert body["task"] == task
     assert isinstance(body["model"], str) and body["model"]
     assert set(body["timing"]) == {"total_ms", "model_ms"}

@@ -9,8 +9,10 @@ clients such as ``tritonclient.grpc`` and the KServe client work unchanged.
   ``context`` for question-answering) and answers with the BYTES tensor ``responses`` of shape [N],
   whose element i is ``json.dumps`` of the same entry the JSON path returns, UTF-8 encoded. Request
   parameters carry the JSON ``parameters`` keys; a string parameter holding a JSON array (stop
-  sequences: ``'["\\n"]'``) is decoded. The response parameters add ``task``, ``total_ms`` and
-  ``model_ms``, the other fields of the JSON response.
+  sequences: ``'["\\n"]'``) is decoded. The response parameters add ``task``, ``replica`` (int64),
+  ``total_ms`` and ``model_ms``, the other fields of the JSON response.
+- With several model copies per instance (one inference-server worker each), every worker serves
+  gRPC on the same port (``SO_REUSEPORT``) and the kernel spreads the connections among them.
 - A failed request gets the status code of :func:`grpc_status_for` and, as details, exactly the
   message the HTTP path puts in ``{"error": {"message": ...}}``; never a stack trace.
 """
@@ -214,6 +216,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             raw_output_contents=[b"".join(_LENGTH.pack(len(entry)) + entry for entry in entries)],
         )
         response.parameters["task"].string_param = result["task"]
+        response.parameters["replica"].int64_param = int(result["replica"])
         for key, value in result["timing"].items():
             response.parameters[key].double_param = float(value)
         return response
@@ -255,11 +258,14 @@ def start_grpc_server(
     host: str = "127.0.0.1",
     max_workers: int = 16,
     ready: Callable[[], bool] = lambda: True,
+    share_port: bool = False,
 ) -> grpc.Server:
     """Serve ``service`` over the Open Inference Protocol v2 on ``host:port``; the server is started.
 
     ``ready`` says whether the model can answer (ServerReady, ModelReady; ModelInfer is UNAVAILABLE
-    until it does). Stop the returned server with ``server.stop(grace_seconds)``.
+    until it does). ``share_port``: the workers of one server, one per model copy, all listen on
+    ``port`` (``SO_REUSEPORT``; the kernel spreads connections among them); otherwise a port in use
+    is refused with a ConfigError. Stop the returned server with ``server.stop(grace_seconds)``.
     """
     limit = service.settings.max_body_bytes
     options = [
@@ -268,8 +274,9 @@ def start_grpc_server(
         ("grpc.max_receive_message_length", 2 * limit),
         # Answers are not bounded by the request limit (embeddings, images), as over HTTP.
         ("grpc.max_send_message_length", -1),
-        # Without this, a second server could silently share a port that is already in use.
-        ("grpc.so_reuseport", 0),
+        # Only the workers of one server share the port; otherwise a second server could silently
+        # share a port that is already in use.
+        ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, ready), server)
@@ -285,6 +292,7 @@ def start_grpc_server(
             "Choose another gRPC port.",
             host=host,
             port=port,
+            shared=share_port,
         )
     server.start()
     logger.info("Serving %r over gRPC (Open Inference Protocol v2) on %s port %d", service.name, host, bound)

@@ -30,6 +30,7 @@ from ..hardware import Hardware
 from ..planner import OptimizationPlan, PlanOverrides
 from ..tasks.base import Deadline, ScoringRequest, check_input_count
 from .engine import Engine
+from .replicas import ReplicaSlot, claim_replica, worker_count
 
 if TYPE_CHECKING:
     from ..packaging import Package
@@ -55,13 +56,19 @@ class HttpReply:
 
 
 class ScoringService:
-    """Validates requests, runs them on the engine and shapes the answers."""
+    """Validates requests, runs them on the engine and shapes the answers.
 
-    def __init__(self, engine: Engine, *, name: Optional[str] = None) -> None:
+    ``replica`` is the slot of this model copy when the server runs several (one per worker; see
+    :mod:`mii_azure.runtime.replicas`); every answer says which copy gave it.
+    """
+
+    def __init__(self, engine: Engine, *, name: Optional[str] = None, replica: Optional[ReplicaSlot] = None) -> None:
         self.engine = engine
         self.settings = engine.settings
         self.task_cls = type(engine.task)
         self.name = name or self.settings.deployment_name or engine.facts.name
+        self.replica = replica
+        self.replica_index = replica.index if replica is not None else 0
 
     @classmethod
     def from_environment(
@@ -73,6 +80,10 @@ class ScoringService:
         settings are the defaults and its plan is used where it fits this machine (else the model is
         re-planned here with the same overrides). Without ``AZUREML_MODEL_DIR`` the package's linked
         model is served.
+
+        When the inference server runs several workers (``WORKER_COUNT`` > 1, one per model copy),
+        this worker first claims its replica slot and with it its share of the GPUs and cores,
+        before anything touches CUDA; call :meth:`mark_ready` once it serves.
         """
         environ = os.environ if environ is None else environ
         bundle = _verified_package(package_dir) if package_dir is not None else None
@@ -83,16 +94,35 @@ class ScoringService:
                 "--model_dir <folder> (azmlinfsrv) or register the model with the deployment (Azure ML).",
                 variable=MODEL_DIR_ENV,
             )
+        slot = _claim_replica_slot(environ, bundle)
         if bundle is None:
-            return cls(Engine.load(Path(model_dir), settings=ServingSettings.from_env(environ)))
+            return cls(Engine.load(Path(model_dir), settings=ServingSettings.from_env(environ)), replica=slot)
         settings = ServingSettings.from_env(environ, defaults=bundle.manifest.settings.model_dump())
-        plan, overrides = plan_for_this_machine(bundle.plan)
-        return cls(Engine.load(Path(model_dir), settings=settings, plan=plan, overrides=overrides))
+        machine_gpus = slot.machine_gpus if slot is not None and slot.gpus else None
+        plan, overrides = plan_for_this_machine(bundle.plan, machine_gpus=machine_gpus)
+        if plan is not None and slot is not None and slot.gpus and len(slot.gpus) < plan.tensor_parallel:
+            raise ConfigError(
+                f"{slot.replicas} workers (WORKER_COUNT) leave each model copy {len(slot.gpus)} of the "
+                f"{slot.machine_gpus} GPUs, and the plan's tensor_parallel={plan.tensor_parallel} needs "
+                f"{plan.tensor_parallel}; set WORKER_COUNT={plan.replicas} (the plan's replicas).",
+                conflict="replicas",
+                workers=slot.replicas,
+                tensor_parallel=plan.tensor_parallel,
+            )
+        engine = Engine.load(Path(model_dir), settings=settings, plan=plan, overrides=overrides)
+        return cls(engine, replica=slot)
+
+    def mark_ready(self) -> None:
+        """Record that this copy serves (its replica slot's ``.ready`` marker); nothing for a single copy."""
+        if self.replica is not None:
+            self.replica.mark_ready()
 
     def serve_grpc_if_configured(self, environ: Optional[Mapping[str, str]] = None) -> None:
         """Start the OIP-v2 gRPC front in this process when ``MII_AZURE_GRPC_PORT`` is set.
 
-        It stops (letting in-flight calls finish) when the process exits.
+        With several model copies (one per worker) every worker listens on the same port and the
+        kernel spreads the connections among them. It stops (letting in-flight calls finish) when
+        the process exits.
         """
         environ = os.environ if environ is None else environ
         port = environ.get(GRPC_PORT_ENV)
@@ -100,7 +130,12 @@ class ScoringService:
             return
         from .grpc_server import start_grpc_server
 
-        server = start_grpc_server(self, port=int(port), host=environ.get(GRPC_HOST_ENV, "127.0.0.1"))
+        server = start_grpc_server(
+            self,
+            port=int(port),
+            host=environ.get(GRPC_HOST_ENV, "127.0.0.1"),
+            share_port=self.replica is not None,
+        )
         atexit.register(lambda: server.stop(grace=30).wait())
 
     # --- the JSON contract -----------------------------------------------------------------
@@ -129,6 +164,7 @@ class ScoringService:
             "responses": responses,
             "task": self.task_cls.name,
             "model": self.name,
+            "replica": self.replica_index,
             "timing": {
                 "total_ms": round((finished - started) * 1000, 3),
                 "model_ms": round((finished - model_started) * 1000, 3),
@@ -180,14 +216,45 @@ def _verified_package(package_dir: Path) -> "Package":
     return bundle
 
 
-def plan_for_this_machine(packaged: OptimizationPlan) -> tuple[Optional[OptimizationPlan], PlanOverrides]:
+def _claim_replica_slot(environ: Mapping[str, str], bundle: Optional["Package"]) -> Optional[ReplicaSlot]:
+    """This worker's replica slot when the server runs several workers (one model copy each), else None."""
+    workers = worker_count(environ)
+    planned = bundle.plan.replicas if bundle is not None else None
+    if planned is not None and planned != workers:
+        logger.warning(
+            "The package's plan serves %d model cop%s per instance; this inference server runs %d worker(s) "
+            "(WORKER_COUNT), so %d cop%s serve here. Set WORKER_COUNT=%d to serve the plan's.",
+            planned,
+            "ies" if planned > 1 else "y",
+            workers,
+            workers,
+            "ies" if workers > 1 else "y",
+            planned,
+        )
+    if workers == 1:
+        return None
+    return claim_replica(workers, environ=environ)
+
+
+def plan_for_this_machine(
+    packaged: OptimizationPlan, *, machine_gpus: Optional[int] = None
+) -> tuple[Optional[OptimizationPlan], PlanOverrides]:
     """The package's plan if it was made for this machine; else no plan and the same choices as
-    overrides, for the engine to re-plan here (a package built for an Azure GPU SKU, run locally)."""
+    overrides, for the engine to re-plan here (a package built for an Azure GPU SKU, run locally).
+
+    ``machine_gpus``: the GPUs of the whole machine, when this process was given a share of them (a
+    replica slot), so that the package's plan for the whole machine is still recognized. ``replicas``
+    is not carried into a re-plan: how many copies run is the server's worker count.
+    """
     local = Hardware.local()
+    if machine_gpus is not None and local.kind == "gpu":
+        local = local.model_copy(update={"gpus": machine_gpus})
     if packaged.hardware == local:
         return packaged, PlanOverrides()
     overrides = {}
     for name in packaged.overrides:
+        if name == "replicas":
+            continue
         value = getattr(packaged, name)
         overrides[name] = "none" if value is None and name in ("quantization", "zero_offload") else value
     logger.info(

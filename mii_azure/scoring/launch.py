@@ -2,8 +2,9 @@
 
 ``azmlinfsrv`` always binds every interface. This launcher runs the very same server (its own
 argument handling, environment and gunicorn application) with one change: the address it binds,
-127.0.0.1 unless asked otherwise. Worker threads let concurrent requests reach the one model copy
-of the process together.
+127.0.0.1 unless asked otherwise. ``--worker_count`` workers each load one model copy (the plan's
+replicas; each worker claims its own GPUs, see mii_azure.runtime.replicas); worker threads let
+concurrent requests reach a copy's batcher together.
 
 It is a standalone script on purpose: it imports nothing of mii_azure, so the score.py it serves
 imports the mii_azure runtime it ships with (a package's snapshot, or the installed one)::
@@ -23,7 +24,8 @@ def main(argv=None):
     parser.add_argument("--model_dir", required=True, help="Model folder (becomes AZUREML_MODEL_DIR).")
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--host", default="127.0.0.1", help="Address to bind (default: loopback only).")
-    parser.add_argument("--threads", type=int, default=8, help="Request threads sharing the model.")
+    parser.add_argument("--threads", type=int, default=8, help="Request threads of each worker, sharing its model copy.")
+    parser.add_argument("--worker_count", type=int, default=1, help="Worker processes: one per model copy.")
     args = parser.parse_args(argv)
 
     from azureml_inference_server_http import amlserver
@@ -40,7 +42,7 @@ def main(argv=None):
         "--port",
         str(args.port),
         "--worker_count",
-        "1",
+        str(args.worker_count),
     ]
     amlserver.run()
 

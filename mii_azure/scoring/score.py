@@ -22,12 +22,14 @@ _service = None
 
 def init():
     """Load the model under AZUREML_MODEL_DIR (settings from MII_AZURE_* variables); from a package,
-    verify it first. Start the gRPC front too when MII_AZURE_GRPC_PORT asks for it."""
+    verify it first. Start the gRPC front too when MII_AZURE_GRPC_PORT asks for it. With several
+    workers (WORKER_COUNT), each is one model copy on its own GPUs; it says so once it serves."""
     global _service
     configure_logging()
     package_dir = _HERE if os.path.isfile(os.path.join(_HERE, "mii_package.json")) else None
     _service = ScoringService.from_environment(package_dir=package_dir)
     _service.serve_grpc_if_configured()
+    _service.mark_ready()
 
 
 @rawhttp

@@ -1,8 +1,11 @@
 """LocalTarget: run a package on this machine exactly as Azure ML would, on 127.0.0.1.
 
 One serving process per deployment: the real azureml-inference-server-http running the package's
-own score.py (HTTP ``/score``), with the OIP-v2 gRPC front started inside the same process around
-the same engine. Running deployments are recorded under ``$MII_AZURE_HOME`` (default
+own score.py (HTTP ``/score``), with the OIP-v2 gRPC front started inside each worker around the
+same engine. The server runs one worker per model copy (the plan's ``replicas`` when the package
+was planned for this machine, else one); each worker claims its own GPUs (or cores) in the
+deployment's replica folder, ``$MII_AZURE_HOME/replicas/<name>``, and the deployment is ready
+once every copy is. Running deployments are recorded under ``$MII_AZURE_HOME`` (default
 ``~/.mii_azure``) so that another process (the CLI, a notebook) can find, query and delete them;
 records of processes that died are cleaned up when read.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..deployment import Deployment
 from ..errors import ConfigError, MiiAzureError
-from ..packaging import Package
+from ..packaging import Package, worker_threads
 from .server_process import LOOPBACK, InferenceServerProcess, free_port, port_is_free
 
 __all__ = ["LocalTarget", "DeploymentNotFoundError", "state_home", "STATE_HOME_ENV"]
@@ -92,7 +96,9 @@ class LocalTarget:
             host=LOOPBACK,
             entry_script=bundle.entry_script,
             environment={"MII_AZURE_GRPC_PORT": str(grpc_port), "MII_AZURE_DEPLOYMENT_NAME": name},
-            threads=max(64, 2 * bundle.plan.max_batch_size),
+            threads=worker_threads(bundle.plan),
+            workers=copies_served_here(bundle),
+            replica_dir=self.home / "replicas" / name,
         )
         if server.port == grpc_port:
             raise ConfigError(f"port and grpc_port are both {grpc_port}; give them different values.", port=grpc_port)
@@ -231,6 +237,7 @@ class LocalTarget:
     def _forget(self, name: str) -> None:
         self._children.pop(name, None)
         (self._records_dir / f"{name}.json").unlink(missing_ok=True)
+        shutil.rmtree(self.home / "replicas" / name, ignore_errors=True)
 
     def _alive_record(self, name: str) -> Optional[LocalRecord]:
         record = self._read(name)
@@ -246,6 +253,15 @@ class LocalTarget:
             return []
         names = sorted(path.stem for path in self._records_dir.glob("*.json"))
         return [record for record in (self._alive_record(name) for name in names) if record is not None]
+
+
+def copies_served_here(bundle: Package) -> int:
+    """Model copies (server workers) this machine runs for ``bundle``: its plan's replicas when the plan
+    was made for this machine; one when the model is re-planned here (a package for an Azure SKU)."""
+    from ..runtime.service import plan_for_this_machine
+
+    plan, _ = plan_for_this_machine(bundle.plan)
+    return plan.replicas if plan is not None else 1
 
 
 def _alive(pid: int) -> bool:

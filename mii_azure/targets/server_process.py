@@ -2,13 +2,15 @@
 
 The process runs the real ``azureml-inference-server-http`` with a scoring script through the
 standalone launcher beside it (``mii_azure/scoring/launch.py``); its output goes to a log file. Start-up failures are reported
-with the process's own last log lines instead of a hang.
+with the process's own last log lines instead of a hang. With several workers (one model copy
+each), it is ready once every copy has written its ready marker in the server's replica folder.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import ConfigError, ModelLoadError
+from ..runtime.replicas import READY_SUFFIX, REPLICA_DIR_ENV
 
 __all__ = ["InferenceServerProcess", "free_port", "LOOPBACK"]
 
@@ -59,13 +62,19 @@ class InferenceServerProcess:
         entry_script: Optional[Path] = None,
         environment: Optional[Mapping[str, str]] = None,
         threads: int = 8,
+        workers: int = 1,
+        replica_dir: Optional[Path] = None,
     ) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers={workers}: the server needs at least one worker.", workers=workers)
         self.model_dir = Path(model_dir)
         self.host = host
         self.log_path = Path(log_path)
         self.entry_script = entry_script
         self.environment = dict(environment or {})
         self.threads = threads
+        self.workers = workers
+        self.replica_dir = Path(replica_dir) if replica_dir else self.log_path.with_name(f"{self.log_path.stem}-replicas")
         if port is not None and not port_is_free(port, host):
             raise ConfigError(
                 f"Port {port} on {host} is already in use. Pick another port, or leave port=None to use a free one.",
@@ -104,8 +113,16 @@ class InferenceServerProcess:
             self.host,
             "--threads",
             str(self.threads),
+            "--worker_count",
+            str(self.workers),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.environment}
+        if self.workers > 1:
+            # A fresh folder: no slot or ready marker of an earlier server counts for this one.
+            if self.replica_dir.exists():
+                shutil.rmtree(self.replica_dir)
+            self.replica_dir.mkdir(parents=True)
+            env[REPLICA_DIR_ENV] = str(self.replica_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -120,7 +137,8 @@ class InferenceServerProcess:
         return self.process
 
     def wait_ready(self, timeout_s: float = 300.0, progress: Optional[Callable[[str], None]] = None) -> None:
-        """Block until the server answers its liveness route (after the model loaded and answered once).
+        """Block until the server answers its liveness route (after the model loaded and answered once)
+        and, with several workers, every model copy has marked itself ready.
 
         Raises ModelLoadError with the log tail if the process exits first or the timeout passes.
         """
@@ -137,15 +155,33 @@ class InferenceServerProcess:
                 )
             if progress is not None:
                 shown = self._report_progress(progress, shown)
-            if self.is_live():
+            if self.is_live() and (self.workers == 1 or len(self.ready_replicas()) == self.workers):
                 return
             time.sleep(0.2)
         tail = self.log_tail(30)
+        ready = self.ready_replicas()
         self.stop()
+        copies = f" ({len(ready)} of its {self.workers} model copies were ready)" if self.workers > 1 else ""
         raise ModelLoadError(
-            f"The inference server for {str(self.model_dir)!r} was not ready after {timeout_s:g} s and was "
+            f"The inference server for {str(self.model_dir)!r} was not ready after {timeout_s:g} s{copies} and was "
             f"stopped. Last log lines:\n{tail}",
             log_path=str(self.log_path),
+            ready_replicas=ready,
+            replicas=self.workers,
+        )
+
+    def ready_replicas(self) -> list[int]:
+        """The model copies (replica slots) that marked themselves ready; [0] for a one-worker server once live."""
+        if self.workers == 1:
+            return [0] if self.is_live() else []
+        try:
+            names = [path.name for path in self.replica_dir.iterdir()]
+        except OSError:
+            return []
+        return sorted(
+            int(name[len("slot-") : -len(READY_SUFFIX)])
+            for name in names
+            if name.startswith("slot-") and name.endswith(READY_SUFFIX) and name[len("slot-") : -len(READY_SUFFIX)].isdigit()
         )
 
     def is_live(self) -> bool:

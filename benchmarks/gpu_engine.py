@@ -58,11 +58,13 @@ def gpu_peak_bandwidth(name: str) -> tuple[str, float]:
     return name, float("nan")
 
 
-def timed_generate(model, input_ids: torch.Tensor, new_tokens: int) -> float:
-    torch.cuda.synchronize()
-    started = time.perf_counter()
+def generate(model, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Greedy tokens, as the serving task runs them (DeepSpeed's KV cache cleared first)."""
+    reset = getattr(model, "reset_cache", None)
+    if callable(reset):
+        reset()
     with torch.inference_mode():
-        model.generate(
+        return model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
             max_new_tokens=new_tokens,
@@ -70,8 +72,21 @@ def timed_generate(model, input_ids: torch.Tensor, new_tokens: int) -> float:
             do_sample=False,
             pad_token_id=0,
         )
+
+
+def timed_generate(model, input_ids: torch.Tensor, new_tokens: int) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    generate(model, input_ids, new_tokens)
     torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def greedy_agreement(baseline: torch.Tensor, engine: torch.Tensor) -> float:
+    """Share of new tokens where the engine chose what the baseline chose, up to the first difference
+    (after one, the sequences continue from different prefixes)."""
+    same = (baseline == engine).int().cumprod(dim=-1)
+    return float(same.float().mean())
 
 
 def measure(model, vocab: int, runs: int) -> dict:
@@ -102,12 +117,15 @@ def benchmark_shape(name: str, config: dict, runs: int, tokenizer, gpu: Hardware
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float16).eval()
     parameters = sum(p.numel() for p in model.parameters())
+    check_prompts = torch.randint(0, config["vocab_size"], (4, PROMPT_TOKENS), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    baseline_tokens = generate(model, check_prompts, 16)[:, PROMPT_TOKENS:]
     baseline = measure(model, config["vocab_size"], runs)
 
     plan = make_plan(facts, gpu)
     task = TextGeneration(facts, ServingSettings(), model, tokenizer)
     applied = apply_plan(task, plan)
     engine = measure(task.model, config["vocab_size"], runs)
+    engine_tokens = generate(task.model, check_prompts, 16)[:, PROMPT_TOKENS:]
 
     bytes_per_token = parameters * 2
     for result in (baseline, engine):
@@ -122,6 +140,7 @@ def benchmark_shape(name: str, config: dict, runs: int, tokenizer, gpu: Hardware
         "applied": applied.model_dump(),
         "baseline_hf_eager_fp16": baseline,
         "engine": engine,
+        "greedy_agreement_with_baseline": greedy_agreement(baseline_tokens, engine_tokens),
         "latency_speedup": baseline["per_token_latency_ms"] / engine["per_token_latency_ms"],
         "throughput_speedup": engine["throughput_tokens_per_s_batch32"] / baseline["throughput_tokens_per_s_batch32"],
     }

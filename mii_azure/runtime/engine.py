@@ -90,9 +90,16 @@ class Engine:
             if zero is not None:
                 zero.before_loading()
             logger.info("Loading %s from %s for %s (%s on %s)", facts.architecture, folder, task_name, options.dtype, options.device)
-            task = get_task(task_name).load(folder, facts, settings, options)
+            task_cls = get_task(task_name)
+            task = task_cls.load(folder, facts, settings, options)
             task.enforce_deadline = group is None
-            applied = apply_plan(task, plan, distributed=group is not None, zero=zero)
+            applied = apply_plan(
+                task,
+                plan,
+                distributed=group is not None,
+                zero=zero,
+                reload=lambda: task_cls.load(folder, facts, settings, options),
+            )
             for fallback in applied.fallbacks:
                 logger.warning("Plan not applied as planned: %s", fallback)
             engine = cls(task, plan, applied, load_seconds=time.perf_counter() - started, group=group)

@@ -10,11 +10,11 @@ fails on this transformers version, say) is recorded with its reason, never sile
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError, MissingDependencyError, ModelLoadError
 from ..planner import OptimizationPlan
 from ..tasks.base import Task
 from .cuda_graphs import GraphedModule, ShapeBuckets
@@ -52,9 +52,17 @@ class AppliedPlan(BaseModel):
 
 
 def apply_plan(
-    task: Task, plan: OptimizationPlan, *, distributed: bool = False, zero: Optional["ZeroInference"] = None
+    task: Task,
+    plan: OptimizationPlan,
+    *,
+    distributed: bool = False,
+    zero: Optional["ZeroInference"] = None,
+    reload: Optional[Callable[[], Task]] = None,
 ) -> AppliedPlan:
     """Optimize ``task``'s model in place as ``plan`` says; the record of what was applied.
+
+    ``reload`` loads the task afresh: when kernel injection fails after DeepSpeed replaced some
+    layers, the model is reloaded from it before falling back (without it, that is a ModelLoadError).
 
     With ``tensor_parallel > 1`` every rank calls this after joining its process group
     (``distributed=True``; see :mod:`mii_azure.runtime.parallel`). A ZeRO-Inference plan needs the
@@ -90,7 +98,7 @@ def apply_plan(
         )
     if plan.hardware.kind == "cpu":
         return _apply_on_cpu(task, plan)
-    return _apply_on_gpu(task, plan)
+    return _apply_on_gpu(task, plan, reload)
 
 
 def _apply_on_cpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
@@ -135,7 +143,7 @@ def _apply_on_cpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
     )
 
 
-def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
+def _apply_on_gpu(task: Task, plan: OptimizationPlan, reload: Optional[Callable[[], Task]]) -> AppliedPlan:
     try:
         import deepspeed
     except ImportError as exc:
@@ -150,17 +158,24 @@ def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
     dtype = torch.int8 if plan.quantization == "int8" else getattr(torch, plan.dtype)
     fallbacks: list[str] = []
     kernel_inject = plan.kernel_inject
+    max_tokens = _max_tokens(task, plan)
     model = _model_of(task)
     try:
-        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject)
+        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject, max_tokens)
     except Exception as exc:  # an injection policy that does not match this transformers version
         if not kernel_inject:
             raise
-        fallbacks.append(f"kernel injection failed ({type(exc).__name__}: {exc}); fell back to AutoTP without it")
+        reason = f"kernel injection failed ({type(exc).__name__}: {exc})"
         logger.warning("Kernel injection failed, falling back to AutoTP: %s", exc)
+        if _replaced_by_deepspeed(model):
+            model = _reloaded_model(task, reason, reload)
+            reason += "; the partly injected model was reloaded"
+        fallbacks.append(reason + "; fell back to AutoTP without it")
         kernel_inject = False
-        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject)
+        engine = _init_inference(deepspeed, model, plan, dtype, kernel_inject, max_tokens)
     _set_model(task, engine.module if hasattr(engine, "module") else engine)
+    if kernel_inject:
+        _allocate_injected_workspace(task, plan)
     cuda_graph = False
     if plan.cuda_graph:
         try:
@@ -181,7 +196,9 @@ def _apply_on_gpu(task: Task, plan: OptimizationPlan) -> AppliedPlan:
     )
 
 
-def _init_inference(deepspeed: Any, model: Any, plan: OptimizationPlan, dtype: Any, kernel_inject: bool) -> Any:
+def _init_inference(
+    deepspeed: Any, model: Any, plan: OptimizationPlan, dtype: Any, kernel_inject: bool, max_tokens: int
+) -> Any:
     # DeepSpeed's own enable_cuda_graph records one graph at the first call's shape and copies every
     # later call into it; CUDA graphs are installed per shape bucket instead (install_cuda_graphs).
     return deepspeed.init_inference(
@@ -190,7 +207,59 @@ def _init_inference(deepspeed: Any, model: Any, plan: OptimizationPlan, dtype: A
         tensor_parallel={"tp_size": plan.tensor_parallel},
         replace_with_kernel_inject=kernel_inject,
         enable_cuda_graph=False,
+        max_tokens=max_tokens,
     )
+
+
+def _max_tokens(task: Task, plan: OptimizationPlan) -> int:
+    """Longest sequence (prompt and new tokens) the injected kernels keep KV cache for. DeepSpeed's
+    default is 1024 and only its own ``generate`` checks it; the tasks check the model's limit."""
+    return task.facts.max_positions or plan.max_input_tokens + max(plan.max_new_tokens, task.settings.max_new_tokens_limit)
+
+
+def _allocate_injected_workspace(task: Task, plan: OptimizationPlan) -> None:
+    """Run the injected model once at the largest batch. DeepSpeed sizes its workspace and KV cache
+    for the batch of the first call and never grows them; a warm-up of one input would leave every
+    bigger batch writing past them."""
+    import torch
+
+    from ..tasks._text import TextModelTask
+
+    if not isinstance(task, TextModelTask):
+        return
+    batch = task.settings.max_batch_size or plan.max_batch_size
+    ids = torch.full((batch, 1), task.tokenizer.pad_token_id or 0, dtype=torch.long, device=task.device)
+    with torch.inference_mode():
+        task.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    reset = getattr(task.model, "reset_cache", None)  # DeepSpeed attaches it to injected models
+    if callable(reset):
+        reset()
+
+
+def _replaced_by_deepspeed(model: Any) -> bool:
+    modules = model.modules() if hasattr(model, "modules") else [
+        module for component in getattr(model, "components", {}).values() if hasattr(component, "modules") for module in component.modules()
+    ]
+    return any(type(module).__module__.startswith("deepspeed.") for module in modules)
+
+
+def _reloaded_model(task: Task, reason: str, reload: Optional[Callable[[], Task]]) -> Any:
+    """The task's model loaded afresh, the partly injected one released first."""
+    if reload is None:
+        raise ModelLoadError(
+            f"{reason}, after DeepSpeed had replaced some of the model's layers; load the model with "
+            "Engine.load (which reloads it and falls back), or plan it with kernel_inject=False.",
+        )
+    import gc
+
+    import torch
+
+    _set_model(task, None)
+    gc.collect()
+    torch.cuda.empty_cache()
+    fresh = _model_of(reload())
+    _set_model(task, fresh)
+    return fresh
 
 
 def install_cuda_graphs(task: Task, plan: OptimizationPlan) -> GraphedModule:

@@ -6,6 +6,10 @@ torch.distributed group (gloo on CPU, NCCL on GPU) on 127.0.0.1. For every batch
 the inputs, parameters and a random seed, and all ranks run the same ``predict``: the model's
 collective operations keep them in step, and rank 0 answers.
 
+Each group picks its own free port (``free_port``), so the copies of a model that one server runs
+side by side (one worker each, see :mod:`mii_azure.runtime.replicas`) form independent groups; their
+ranks inherit the copy's ``CUDA_VISIBLE_DEVICES`` and core share.
+
 Because every rank must run exactly the same steps, no rank may stop early on its own: deadlines are
 enforced by the batcher (the caller gets its 504) rather than inside generation.
 """
@@ -44,7 +48,10 @@ def init_rank(rank: int, world_size: int, port: int, backend: str) -> None:
     import torch
 
     if backend == "gloo":
-        torch.set_num_threads(max(1, (os.cpu_count() or world_size) // world_size))
+        # The ranks split the cores of their model copy (all of them with one copy per machine).
+        from .replicas import replica_cores
+
+        torch.set_num_threads(max(1, replica_cores() // world_size))
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     if backend == "gloo":
         # DeepSpeed 0.19 JIT-builds a shared-memory all-reduce kernel for CPU inference; in our tests it
@@ -149,9 +156,10 @@ def _follow(
     folder = Path(model_dir)
     facts = resolve_model(folder)
     options = LoadOptions(device="cuda" if plan.hardware.kind == "gpu" else "cpu", dtype=plan.dtype)
-    task = get_task(plan.task).load(folder, facts, settings, options)
+    task_cls = get_task(plan.task)
+    task = task_cls.load(folder, facts, settings, options)
     task.enforce_deadline = False
-    apply_plan(task, plan, distributed=True)
+    apply_plan(task, plan, distributed=True, reload=lambda: task_cls.load(folder, facts, settings, options))
     while True:
         message: list[Optional[tuple[Any, ...]]] = [None]
         dist.broadcast_object_list(message, src=0)

@@ -138,6 +138,14 @@ class _GenerationTask(TextModelTask):
         ids.add(self.tokenizer.eos_token_id)
         return {token for token in ids if token is not None}
 
+    def forget_previous_sequences(self) -> None:
+        """Clear the KV cache that DeepSpeed's injected layers keep between calls (they attach
+        ``reset_cache`` to the model), as DeepSpeed's own ``generate`` does before each generation;
+        otherwise a one-token prompt would continue the previous batch's sequences."""
+        reset = getattr(self.model, "reset_cache", None)
+        if callable(reset):
+            reset()
+
     def run_generate(
         self, inputs: list[str], parameters: GenerationParameters, deadline: Deadline
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,6 +153,7 @@ class _GenerationTask(TextModelTask):
         encoded = self.encode(inputs)
         if parameters.seed is not None:
             torch.manual_seed(parameters.seed)
+        self.forget_previous_sequences()
         with torch.inference_mode():
             output = self.model.generate(**encoded, **self.generate_kwargs(parameters, deadline))
         if self.enforce_deadline:

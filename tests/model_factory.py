@@ -451,13 +451,24 @@ def build_sentence_transformer(
 # --------------------------------------------------------------------------- diffusion
 
 
-def build_stable_diffusion(directory: Path) -> Path:
-    """Tiny ``StableDiffusionPipeline`` (UNet, VAE, CLIP text encoder/tokenizer, DDIM); 64x64 images by default."""
+def build_stable_diffusion(
+    directory: Path,
+    *,
+    unet_channels: tuple[int, int] = (32, 64),
+    attention_head_dim: int = 8,
+    vae_channels: tuple[int, int] = (32, 64),
+    hidden_size: int = 32,
+    text_heads: int = 4,
+    text_intermediate_size: int = 64,
+) -> Path:
+    """Tiny ``StableDiffusionPipeline`` (UNet, VAE, CLIP text encoder/tokenizer, DDIM); 64x64 images by default.
+
+    The keywords size its parts (``attention_head_dim`` is what diffusers reads as the number of
+    heads of the cross-attention block; ``hidden_size`` is the text encoder's width)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     directory = _prepare(directory)
-    hidden_size = 32
     tokenizer = _clip_tokenizer(model_max_length=77)
 
     torch.manual_seed(SEED)
@@ -465,12 +476,12 @@ def build_stable_diffusion(directory: Path) -> Path:
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
+        block_out_channels=unet_channels,
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=hidden_size,
-        attention_head_dim=8,
+        attention_head_dim=attention_head_dim,
         norm_num_groups=32,
     )
     torch.manual_seed(SEED)
@@ -478,7 +489,7 @@ def build_stable_diffusion(directory: Path) -> Path:
         sample_size=64,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(32, 64),
+        block_out_channels=vae_channels,
         layers_per_block=1,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
@@ -490,9 +501,9 @@ def build_stable_diffusion(directory: Path) -> Path:
         CLIPTextConfig(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
-            intermediate_size=64,
+            intermediate_size=text_intermediate_size,
             num_hidden_layers=2,
-            num_attention_heads=4,
+            num_attention_heads=text_heads,
             max_position_embeddings=77,
             projection_dim=hidden_size,
             bos_token_id=tokenizer.bos_token_id,

@@ -182,59 +182,15 @@ def build_stable_diffusion(directory: Path) -> Path:
     """A tiny Stable Diffusion pipeline (64x64 images) whose attention has 64-wide heads, as
     DeepSpeed's diffusers kernels expect (the factory's has 8-wide ones): UNet channels (64, 128) with
     2 heads in the cross-attention block, a 64-wide CLIP text encoder, the factory's CLIP tokenizer."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = model_factory._clip_tokenizer(model_max_length=77)
-    torch.manual_seed(model_factory.SEED)
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(64, 128),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=64,
+    return model_factory.build_stable_diffusion(
+        directory,
+        unet_channels=(64, 128),
         attention_head_dim=2,  # diffusers reads this as the number of heads: 128 channels / 2 = 64 per head
-        norm_num_groups=32,
+        vae_channels=(64, 64),
+        hidden_size=64,
+        text_heads=1,
+        text_intermediate_size=256,
     )
-    vae = AutoencoderKL(
-        sample_size=64,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(64, 64),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=1,
-            max_position_embeddings=77,
-            projection_dim=64,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    ).eval()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
-    )
-    pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(directory)
-    return directory
 
 
 # --------------------------------------------------------------------------- inputs

@@ -100,6 +100,25 @@ def test_a_batch_above_the_largest_bucket_runs_unpadded():
     assert inner.calls == [(3, 10)]
 
 
+def test_tensors_inside_containers_turn_graphs_off_and_say_why():
+    """SDXL's UNet takes added_cond_kwargs={"text_embeds": tensor, ...}: such inputs can be neither
+    padded nor copied into a graph, so the call runs as given and the reason is recorded."""
+
+    class Conditioned(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, sample: torch.Tensor, added_cond_kwargs: dict) -> torch.Tensor:
+            return sample * self.weight + added_cond_kwargs["text_embeds"]
+
+    graphed = GraphedModule(Conditioned(), ShapeBuckets.up_to(8), pad_sequences=False)
+    sample = torch.ones(3, 2)
+    output = graphed(sample, added_cond_kwargs={"text_embeds": torch.full((3, 2), 2.0)})
+    assert output.shape == (3, 2) and torch.equal(output, torch.full((3, 2), 3.0))
+    assert graphed.failure is not None and "added_cond_kwargs" in graphed.failure
+
+
 def test_prepare_runs_the_largest_bucket_once():
     inner = _Recorder(labels=2)
     graphed = GraphedModule(inner, ShapeBuckets.up_to(16, max_length=96))

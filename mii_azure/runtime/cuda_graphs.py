@@ -140,6 +140,13 @@ class GraphedModule(torch.nn.Module):
         rows = _batch_rows(args, kwargs)
         if rows is None or self.buckets.batch_size(rows) is None:
             return self.module(*args, **kwargs)
+        nested = _nested_tensor_argument(args, kwargs)
+        if nested is not None:
+            # Tensors inside a dict or list could be neither padded nor copied into a graph's inputs.
+            if self.failure is None:
+                self.failure = f"{type(self.module).__name__} takes tensors inside {nested!r}, which a graph cannot take as inputs"
+                logger.warning("CUDA graphs turned off: %s", self.failure)
+            return self.module(*args, **kwargs)
         call = self._pad(list(args), dict(kwargs), rows)
         if self.captures:
             with self._lock:
@@ -264,6 +271,22 @@ def _batch_rows(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any]) ->
     for value in [*args, *kwargs.values()]:
         if isinstance(value, torch.Tensor) and value.dim() > 0:
             return int(value.shape[0])
+    return None
+
+
+def _nested_tensor_argument(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Optional[str]:
+    """The name (or position) of an argument that holds tensors inside a container, if any."""
+
+    def holds_tensor(value: Any) -> bool:
+        if isinstance(value, Mapping):
+            return any(isinstance(item, torch.Tensor) or holds_tensor(item) for item in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(isinstance(item, torch.Tensor) or holds_tensor(item) for item in value)
+        return False
+
+    for name, value in [*((f"argument {index}", value) for index, value in enumerate(args)), *kwargs.items()]:
+        if holds_tensor(value):
+            return name
     return None
 
 

@@ -52,6 +52,10 @@ class ServingSettings(BaseModel):
     )
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get a 503 with Retry-After.")
 
+    def batch_limit(self, planned: int) -> int:
+        """The most inputs per batch: this setting when given, else the plan's ``planned`` batch."""
+        return self.max_batch_size or planned
+
     @classmethod
     def from_env(
         cls,

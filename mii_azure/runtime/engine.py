@@ -50,7 +50,7 @@ class Engine:
             self._run_batch,
             check=lambda inputs, parameters: self.task.check(inputs, parameters),
             can_share=lambda parameters: self.task.shares_batches(parameters),
-            max_batch_size=self.settings.max_batch_size or plan.max_batch_size,
+            max_batch_size=self.settings.batch_limit(plan.max_batch_size),
             max_wait_ms=self.settings.max_wait_ms,
             max_queue=self.settings.max_queue,
         )

@@ -227,13 +227,11 @@ def _allocate_injected_workspace(task: Task, plan: OptimizationPlan) -> None:
 
     if not isinstance(task, TextModelTask):
         return
-    batch = task.settings.max_batch_size or plan.max_batch_size
+    batch = task.settings.batch_limit(plan.max_batch_size)
     ids = torch.full((batch, 1), task.tokenizer.pad_token_id or 0, dtype=torch.long, device=task.device)
     with torch.inference_mode():
         task.model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    reset = getattr(task.model, "reset_cache", None)  # DeepSpeed attaches it to injected models
-    if callable(reset):
-        reset()
+    task.forget_previous_sequences()
 
 
 def _replaced_by_deepspeed(model: Any) -> bool:
@@ -270,7 +268,7 @@ def install_cuda_graphs(task: Task, plan: OptimizationPlan) -> GraphedModule:
     from ..tasks._text import TextModelTask
     from ..tasks.text_to_image import TextToImage
 
-    max_batch = task.settings.max_batch_size or plan.max_batch_size
+    max_batch = task.settings.batch_limit(plan.max_batch_size)
     if isinstance(task, TextToImage):
         # Classifier-free guidance runs the conditional and unconditional rows in one UNet call.
         graphed = GraphedModule(task.pipeline.unet, ShapeBuckets.up_to(2 * max_batch), pad_sequences=False)

@@ -72,6 +72,14 @@ class TextModelTask(Task):
                 )
         return counts
 
+    def forget_previous_sequences(self) -> None:
+        """Clear the KV cache that DeepSpeed's injected layers keep between calls (injection attaches
+        ``reset_cache`` to the model), as DeepSpeed's own ``generate`` does before each generation;
+        otherwise a one-token prompt would continue the previous batch's sequences."""
+        reset = getattr(self.model, "reset_cache", None)
+        if callable(reset):
+            reset()
+
     def encode(self, texts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
         """Tokenize and pad ``texts`` into tensors on the model's device."""
         encoded = self.tokenizer(texts, padding=True, return_tensors="pt", **kwargs)

@@ -138,14 +138,6 @@ class _GenerationTask(TextModelTask):
         ids.add(self.tokenizer.eos_token_id)
         return {token for token in ids if token is not None}
 
-    def forget_previous_sequences(self) -> None:
-        """Clear the KV cache that DeepSpeed's injected layers keep between calls (they attach
-        ``reset_cache`` to the model), as DeepSpeed's own ``generate`` does before each generation;
-        otherwise a one-token prompt would continue the previous batch's sequences."""
-        reset = getattr(self.model, "reset_cache", None)
-        if callable(reset):
-            reset()
-
     def run_generate(
         self, inputs: list[str], parameters: GenerationParameters, deadline: Deadline
     ) -> tuple[torch.Tensor, torch.Tensor]:

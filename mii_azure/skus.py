@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import ConfigError
 from .hardware import Hardware
 
-__all__ = ["Sku", "catalog", "get_sku", "CATALOG_AS_OF", "CATALOG_SOURCE", "ALIASES"]
+__all__ = ["Sku", "catalog", "get_sku", "compute_capability", "CATALOG_AS_OF", "CATALOG_SOURCE", "ALIASES"]
 
 CATALOG_AS_OF = "2026-11-26"
 CATALOG_SOURCE = (
@@ -37,6 +37,26 @@ ALIASES: dict[str, str] = {
     "T4": "Standard_NC4as_T4_v3",
     "A10": "Standard_NV36ads_A10_v5",
 }
+
+
+#: CUDA compute capability of each GPU model of the catalog (NVIDIA's CUDA GPUs table), by the
+#: catalog's ``gpu_model`` prefix: what a CUDA build must target (``TORCH_CUDA_ARCH_LIST``).
+_COMPUTE_CAPABILITY: dict[str, str] = {
+    "T4": "7.5",
+    "A10": "8.6",
+    "A100": "8.0",
+    "H100": "9.0",
+    "H200": "9.0",
+    "V100": "7.0",
+}
+
+
+def compute_capability(gpu_model: str) -> str:
+    """The CUDA compute capability (``"8.0"``) of a catalog GPU model such as ``"A100-80GB-SXM"``."""
+    for prefix in sorted(_COMPUTE_CAPABILITY, key=len, reverse=True):  # "A100" before "A10"
+        if gpu_model.upper().startswith(prefix):
+            return _COMPUTE_CAPABILITY[prefix]
+    raise ConfigError(f"No compute capability is known for GPU model {gpu_model!r}.", gpu_model=gpu_model)
 
 
 class Sku(BaseModel):
@@ -59,6 +79,11 @@ class Sku(BaseModel):
     usd_per_hour: Optional[float]
     on_managed_endpoint_list: bool
     notes: str = ""
+
+    @property
+    def compute_capability(self) -> str:
+        """The CUDA compute capability of the SKU's GPUs (``"9.0"`` for H100)."""
+        return compute_capability(self.gpu_model)
 
     @property
     def hardware(self) -> Hardware:

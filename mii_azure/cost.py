@@ -42,7 +42,8 @@ from .performance import (
 )
 from .planner import GENERATION_TASKS, OptimizationPlan, PlanOverrides, make_plan
 from .pricing import PriceQuote, Pricing, PriceSheet
-from .skus import catalog, get_sku
+from .sku_choice import choose_sku
+from .skus import Sku, by_price, catalog, resolve_sku_name
 from .workload import ModelShape, Workload
 
 __all__ = ["Workload", "ModelShape", "estimate_cost"]  # Workload and ModelShape live in .workload
@@ -78,8 +79,10 @@ def estimate_cost(
 
     ``model``: a model reference (local folder, cached or well-known hub id such as
     ``"bigscience/bloom"``), resolved facts, a :class:`ModelShape`, or a dict (a ``config.json``'s
-    content, or ModelShape's fields). ``skus``: names, aliases or unique prefixes from the catalog;
-    default: every SKU on the managed online endpoint list (unless only ``hardware`` is given).
+    content, or ModelShape's fields). ``skus``: names, aliases or unique prefixes from the catalog,
+    resolved as ``plan`` resolves them (an alias of several sizes stands for the cheapest on which
+    the model fits, which the estimate's first note names); default: every SKU on the managed online
+    endpoint list (unless only ``hardware`` is given).
     ``region``/``prices``/``discount``: see :class:`mii_azure.pricing.Pricing`. ``overrides``: plan
     choices (:class:`~mii_azure.planner.PlanOverrides` fields) applied on every SKU; the token
     limits come from the workload. ``calibration``: a calibration record to use instead of the
@@ -92,8 +95,9 @@ def estimate_cost(
     plan_overrides = _overrides(facts, task_name, workload, overrides or {})
     unit = "image" if facts.is_diffusion else "token" if task_name in GENERATION_TASKS else "request"
     estimates = []
-    for target, price in _targets(skus, hardware, pricing):
-        estimates.append(_estimate(facts, task_name, unit, workload, target, price, plan_overrides, calibration))
+    for target, price, chosen in _targets(skus, hardware, pricing, facts, task_name, plan_overrides):
+        estimate = _estimate(facts, task_name, unit, workload, target, price, plan_overrides, calibration)
+        estimates.append(estimate.model_copy(update={"notes": (chosen, *estimate.notes)}) if chosen else estimate)
     return CostReport(
         model=facts.ref.reference,
         task=task_name,
@@ -155,8 +159,15 @@ def _overrides(facts: ModelFacts, task: str, workload: Workload, given: dict[str
 
 
 def _targets(
-    skus: Union[None, str, Sequence[str]], hardware: Sequence[Hardware], pricing: Pricing
-) -> list[tuple[Hardware, Union[PriceQuote, str]]]:
+    skus: Union[None, str, Sequence[str]],
+    hardware: Sequence[Hardware],
+    pricing: Pricing,
+    facts: ModelFacts,
+    task: str,
+    overrides: PlanOverrides,
+) -> list[tuple[Hardware, Union[PriceQuote, str], Optional[str]]]:
+    """What to compare: each named SKU (an alias resolved for this model, with a note saying which
+    size it stands for) and each given machine, with its price."""
     names: list[str]
     if isinstance(skus, str):
         names = [name for name in skus.replace(",", " ").split() if name]
@@ -164,20 +175,38 @@ def _targets(
         names = [] if hardware else [sku.instance_type for sku in catalog() if sku.on_managed_endpoint_list]
     else:
         names = list(skus)
-    targets: list[tuple[Hardware, Union[PriceQuote, str]]] = []
+    targets: list[tuple[Hardware, Union[PriceQuote, str], Optional[str]]] = []
     seen: set[str] = set()
     for name in names:
-        sku = get_sku(name)  # ConfigError naming the catalog's SKUs for an unknown name
+        sku, chosen = _sku_for(facts, name, task, overrides)
         if sku.instance_type in seen:
             continue
         seen.add(sku.instance_type)
-        targets.append((sku.hardware, pricing.quote(sku.instance_type, sku.usd_per_hour)))
+        targets.append((sku.hardware, pricing.quote(sku.instance_type, sku.usd_per_hour), chosen))
     for item in hardware:
         given = f"price given with the {item.name} hardware" if item.usd_per_hour is not None else ""
-        targets.append((item, pricing.quote(item.name, item.usd_per_hour, given_source=given)))
+        targets.append((item, pricing.quote(item.name, item.usd_per_hour, given_source=given), None))
     if not targets:
         raise ConfigError("No SKU to compare: pass skus=[...] (catalog names or aliases) or hardware=[...].")
     return targets
+
+
+def _sku_for(facts: ModelFacts, name: str, task: str, overrides: PlanOverrides) -> tuple[Sku, Optional[str]]:
+    """The size ``name`` stands for in a comparison, and (for an alias of several) a note why this one.
+
+    Unknown or retired names raise, as in ``plan``. Sizes a deployment cannot use are still costed (the
+    estimate is a what-if); when the model plans on none of an alias's sizes, the cheapest stands in and
+    its estimate says why it does not fit.
+    """
+    match = resolve_sku_name(name)  # SkuNotAvailableError naming the catalog's SKUs for an unknown name
+    if len(match.skus) == 1:
+        return match.skus[0], None
+    try:
+        choice = choose_sku(facts, name, task=task, overrides=overrides, allow_unlisted=True, cuda_major=None)
+    except ConfigError:  # no size of the alias plans: its cheapest's estimate says why
+        cheapest = min(match.skus, key=by_price)
+        return cheapest, f"{name!r} matches {len(match.skus)} sizes and the model plans on none; the cheapest stands in"
+    return choice.sku, choice.reason.rstrip(".")
 
 
 # --- one SKU --------------------------------------------------------------------------------

@@ -188,20 +188,27 @@ def plan(
     """Plan the optimizations for ``model`` on an Azure SKU, given hardware, or this machine.
 
     ``model`` is a model reference (local folder, cached or well-known hub id, ...) or resolved
-    facts. ``overrides`` are the fields of :class:`PlanOverrides`; an override that cannot work
-    raises ConfigError naming the conflict and the nearest setting that would.
+    facts. ``sku`` is a catalog name, unique prefix or alias (:mod:`mii_azure.skus`); an alias of
+    several sizes (``"ND96"``, ``"A100"``, ...) plans on each and takes the cheapest on which the
+    plan fits without int8 or offload the overrides did not ask for (else the cheapest on which it
+    fits at all), saying why in ``reasons["sku"]``. A plan is a what-if: sizes a deployment cannot
+    use (not on the managed online endpoint list, GPUs the serving image's CUDA cannot build for) are
+    planned too; :func:`mii_azure.package` refuses them. ``overrides`` are the fields of
+    :class:`PlanOverrides`; an override that cannot work raises ConfigError naming the conflict and
+    the nearest setting that would.
     """
-    from .skus import get_sku
+    from .sku_choice import choose_sku
 
     if sku is not None and hardware is not None:
         raise ConfigError("Pass either sku= or hardware=, not both.")
     facts = model if isinstance(model, ModelFacts) else resolve_model(model)
-    target = get_sku(sku).hardware if sku is not None else hardware or Hardware.local()
     try:
         choices = PlanOverrides(**overrides)
     except Exception as exc:  # pydantic's ValidationError or an unknown keyword
         raise ConfigError(f"Invalid plan override: {exc}", overrides=overrides) from None
-    return make_plan(facts, target, task=task, overrides=choices)
+    if sku is not None:
+        return choose_sku(facts, sku, task=task, overrides=choices, allow_unlisted=True, cuda_major=None).plan
+    return make_plan(facts, hardware or Hardware.local(), task=task, overrides=choices)
 
 
 def make_plan(

@@ -307,7 +307,12 @@ def test_model_shape_dict_and_config_inputs(tmp_path):
 def test_known_models_need_no_weights():
     report = estimate_cost("meta-llama/Llama-2-7b-hf", Workload(prompt_tokens=512, new_tokens=128, latency_slo_ms=50), skus=["A100", "A10", "T4"])
     assert report.best is not None
-    assert {e.instance_type for e in report.estimates} == {"Standard_NC24ads_A100_v4", "Standard_NV36ads_A10_v5", "Standard_NC4as_T4_v3"}
+    # Each alias stands for the cheapest of its sizes on which the fp16 model fits without int8 or offload:
+    # 13.5 GB of weights plus KV cache and headroom exceed one 16 GB T4, so "T4" is the 4x T4 size.
+    assert {e.instance_type for e in report.estimates} == {"Standard_NC24ads_A100_v4", "Standard_NV36ads_A10_v5", "Standard_NC64as_T4_v3"}
+    t4 = report["Standard_NC64as_T4_v3"]
+    assert t4.plan.quantization is None and t4.plan.zero_offload is None and t4.plan.tensor_parallel > 1
+    assert t4.notes[0].startswith("'T4' matches 4 sizes") and "Standard_NC64as_T4_v3" in t4.notes[0]
 
 
 def test_workload_token_limits_come_from_the_workload():
@@ -346,7 +351,7 @@ def test_price_sheet_overrides_the_catalog_and_selects_a_region(tmp_path):
     assert "catalog" in eastus["Standard_ND96isr_H100_v5"].price_source
 
     west = estimate_cost(
-        "bigscience/bloom", BLOOM_WORKLOAD, skus=["ND96amsr", "ND96isr_H100", "A100"], prices=sheet, region="westeurope"
+        "bigscience/bloom", BLOOM_WORKLOAD, skus=["ND96amsr", "ND96isr_H100", "NC24ads"], prices=sheet, region="westeurope"
     )
     assert west["Standard_ND96amsr_A100_v4"].usd_per_hour_instance == 25.0
     assert west["Standard_NC24ads_A100_v4"].price.usd_per_hour == 3.0  # a row without a region applies anywhere
@@ -411,7 +416,7 @@ def test_an_unknown_sku_is_a_clear_config_error():
 # --- outputs ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def bloom_report():
-    return estimate_cost("bigscience/bloom", BLOOM_WORKLOAD, skus=["ND96amsr", "ND96isr_H100", "ND96asr_v4", "A100"])
+    return estimate_cost("bigscience/bloom", BLOOM_WORKLOAD, skus=["ND96amsr", "ND96isr_H100", "ND96asr_v4", "NC24ads"])
 
 
 def test_table_ranks_meeting_skus_by_cost_then_the_rest_with_reasons(bloom_report):
@@ -486,7 +491,7 @@ def test_cli_cost_command(tmp_path):
             "--new-tokens", "128",
             "--rps", "2",
             "--slo-ms", "100",
-            "--skus", "ND96amsr,ND96asr_v4", "A100",
+            "--skus", "ND96amsr,ND96asr_v4", "NC24ads",
             "--json",
             "--csv", str(tmp_path / "cost.csv"),
         ]
@@ -509,13 +514,13 @@ def test_shipped_calibration_records_its_sources():
     cpu = record["cpu"]["bfloat16"]
     assert cpu["calibrated"] is True and cpu["source"].startswith("benchmarks/results/")
     assert cpu["machine"]["read_bandwidth_gb_s"] > 0 and cpu["measured"]
-    assert efficiency_for(get_sku("A100").hardware, "int8").bandwidth == record["gpu"]["int8"]["bandwidth_efficiency"]
+    assert efficiency_for(get_sku("NC24ads_A100_v4").hardware, "int8").bandwidth == record["gpu"]["int8"]["bandwidth_efficiency"]
     fallback = efficiency_for(Hardware.cpu(cores=2, ram_gb=8), "float32")
     assert not fallback.calibrated and "not calibrated" in fallback.basis
 
 
 def test_fit_two_points_recovers_known_efficiencies():
-    hardware = get_sku("A100").hardware
+    hardware = get_sku("NC24ads_A100_v4").hardware
     served = ServedModel(parameters=7e9, layers=32, hidden_size=4096, weight_bytes=14e9, head_parameters=131e6)
     machine = Machine.of(hardware, "float16")
     truth = Efficiency(bandwidth=0.6, flops=0.4)

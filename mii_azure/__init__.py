@@ -9,8 +9,10 @@ from .cost import estimate_cost
 from .cost_report import CostReport, SkuEstimate
 from .deployment import Deployment
 from .errors import (
+    AuthenticationError,
     BadRequestError,
     ConfigError,
+    EndpointNotFoundError,
     InvalidModelError,
     MiiAzureError,
     MissingDependencyError,
@@ -21,7 +23,10 @@ from .errors import (
     RequestTimeoutError,
     ScoringError,
     ServiceUnavailableError,
+    SkuDoesNotFitError,
+    SkuNotAvailableError,
     TaskMismatchError,
+    TooManyRequestsError,
 )
 from .hardware import Hardware
 from .models import TASKS, ModelFacts, ModelRef, ModelSource, resolve_model, resolve_task
@@ -63,6 +68,8 @@ __all__ = [
     "MiiAzureError",
     "ConfigError",
     "TaskMismatchError",
+    "SkuNotAvailableError",
+    "SkuDoesNotFitError",
     "ModelNotFoundError",
     "InvalidModelError",
     "ModelLoadError",
@@ -71,6 +78,9 @@ __all__ = [
     "BadRequestError",
     "PayloadTooLargeError",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
     "RequestTimeoutError",
     "ScoringError",
+    "AuthenticationError",
+    "EndpointNotFoundError",
 ]

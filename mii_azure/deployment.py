@@ -1,50 +1,83 @@
 """The Deployment handle: one class for every target (local harness, Azure ML endpoint).
 
-``query`` speaks the JSON ``/score`` contract over HTTP through a small transport seam (tests and the
-Azure target can swap it), and translates failures once, here, into the SDK's exception types: a 400
-is a BadRequestError whichever target answered it.
+``query`` speaks the JSON ``/score`` contract over HTTP through a small transport seam
+(:mod:`mii_azure.http_transport`; tests and targets can swap it) and translates failures once, here,
+into the SDK's exception types, so that a 400 is a :class:`BadRequestError` whichever target
+answered it. That includes undoing what an Azure ML managed online endpoint's front does to
+statuses: a non-200 from the container arrives as **424** with the container's status in the
+``ms-azureml-model-error-statuscode`` header; the front's own request timeout is **408**; too many
+pending requests, or the rate limit, is **429**; no deployment taking traffic is **404**.
+
+Requests the server did not run (429, 503, a connection that could not be opened or that was
+dropped before any answer) are retried with bounded, jittered exponential backoff that honours
+``Retry-After`` (see :class:`Retries`). Keys and tokens come from an ``auth`` header provider called
+for every request; they never appear in the handle's repr, its errors or its logs.
 """
 
 from __future__ import annotations
 
+import email.utils
 import json
+import logging
+import random
+import time
 import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Protocol, Union
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
-from .errors import RequestError, ServiceUnavailableError, error_for_status
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    EndpointNotFoundError,
+    RequestError,
+    RequestTimeoutError,
+    ScoringError,
+    ServiceUnavailableError,
+    TooManyRequestsError,
+    error_for_status,
+)
+from .http_transport import (
+    CertificateVerifyError,
+    ConnectError,
+    ConnectionLostError,
+    HttpResponse,
+    HttpTransport,
+    PooledTransport,
+    UrllibTransport,
+)
 from .planner import OptimizationPlan
+from .sku_choice import AZURE_MAX_REQUEST_TIMEOUT_S
 
-__all__ = ["Deployment", "DeploymentBackend", "HttpTransport", "UrllibTransport", "HttpResponse"]
+__all__ = [
+    "Deployment",
+    "DeploymentBackend",
+    "Retries",
+    "AuthProvider",
+    "HttpTransport",
+    "HttpResponse",
+    "PooledTransport",
+    "UrllibTransport",
+    "MODEL_DEPLOYMENT_HEADER",
+    "MODEL_ERROR_STATUS_HEADER",
+    "MODEL_ERROR_REASON_HEADER",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_DEPLOYMENT_HEADER = "azureml-model-deployment"
+"""Routes a request to one deployment of an Azure ML endpoint, whatever the traffic split says."""
+MODEL_ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
+"""On a 424 from an Azure ML endpoint's front: the status the container answered."""
+MODEL_ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
+"""On a 424 from an Azure ML endpoint's front: the front's reason for it."""
 
 
-@dataclass(frozen=True)
-class HttpResponse:
-    """What a transport returns: status, body bytes, headers."""
+AuthProvider = Callable[[], Mapping[str, str]]
+"""Returns the authentication headers for one request (e.g. ``{"Authorization": "Bearer ..."}``)."""
 
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
-
-
-class HttpTransport(Protocol):
-    """Sends one HTTP POST; the seam tests and targets replace."""
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> HttpResponse:
-        """POST ``body`` to ``url``; raise OSError when the server cannot be reached."""
-
-
-class UrllibTransport:
-    """The default transport, on the standard library."""
-
-    def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> HttpResponse:
-        request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return HttpResponse(response.status, response.read(), dict(response.headers))
-        except urllib.error.HTTPError as error:
-            return HttpResponse(error.code, error.read(), dict(error.headers))
+# Header names whose values are credentials: never shown, and scrubbed from any error text.
+_SECRET_HEADERS = frozenset({"authorization", "api-key", "x-api-key", "ocp-apim-subscription-key", "x-ms-token"})
+_REDACTED = "***"
 
 
 class DeploymentBackend(Protocol):
@@ -57,8 +90,70 @@ class DeploymentBackend(Protocol):
         """Stop the deployment and forget it."""
 
 
+@dataclass(frozen=True)
+class Retries:
+    """How a handle retries requests the server did not run.
+
+    Retried: HTTP 429 and 503 (also a container's 503 behind an Azure front's 424), a connection
+    that could not be opened, and one closed or reset before any byte of an answer. Never retried:
+    any other status, and a timeout after the request was sent (the deployment may still be working
+    on it; sending it again would only add load).
+
+    At most ``max_retries`` retries after the first try, waiting ``backoff_s`` doubled per retry (at
+    most ``max_backoff_s``, "equal jitter": between half and all of it), or exactly what the
+    server's ``Retry-After`` says (seconds or an HTTP date). Retries stop once waiting would take
+    the time since the first try past ``budget_s``: a ``Retry-After`` that long ends them at once,
+    and the error raised carries it as ``retry_after``. ``sleep``, ``clock`` and ``jitter`` (a
+    number in [0, 1)) are there for tests.
+    """
+
+    max_retries: int = 3
+    budget_s: float = 30.0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    jitter: Callable[[], float] = field(default=random.random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.budget_s < 0 or self.backoff_s < 0 or self.max_backoff_s < 0:
+            raise ConfigError(
+                "Retries(max_retries, budget_s, backoff_s, max_backoff_s) cannot be negative; "
+                "use Retries(max_retries=0) (or retries=0) to switch retries off.",
+                max_retries=self.max_retries,
+                budget_s=self.budget_s,
+            )
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first) when the server named none."""
+        ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (retry - 1))
+        return ceiling * (0.5 + 0.5 * self.jitter())
+
+
+@dataclass
+class _Exchange:
+    """The last answer of a (possibly retried) request, and what it took to get it."""
+
+    response: HttpResponse
+    tries: int
+    waited_s: float
+    secrets: frozenset[str]
+
+
 class Deployment:
-    """A running deployment: query it, read its logs, delete it. Works as a context manager."""
+    """A running deployment: query it, read its logs, delete it. Works as a context manager.
+
+    ``name`` is the SDK's name for the deployment; ``target`` says where it runs ("local",
+    "azureml"). For an Azure ML managed online endpoint, ``endpoint`` is the endpoint's name and
+    ``deployment`` the deployment's (sent as the ``azureml-model-deployment`` header, so that the
+    request reaches that deployment whatever the traffic split); ``auth`` returns the headers that
+    authenticate one request (called for every request and retry, so a token can be refreshed, and
+    from as many threads as query the handle at once); its values are never stored on the handle,
+    shown or logged, and are scrubbed from any error text a server echoes them in. ``headers`` are
+    sent with every request (an ``Authorization`` among them is treated like ``auth``'s). ``retries``
+    is a :class:`Retries` or a number of retries (0: none). ``timeout_s`` bounds each try
+    (connecting, then waiting for the answer).
+    """
 
     def __init__(
         self,
@@ -72,46 +167,216 @@ class Deployment:
         headers: Optional[Mapping[str, str]] = None,
         transport: Optional[HttpTransport] = None,
         timeout_s: float = 300.0,
+        endpoint: Optional[str] = None,
+        deployment: Optional[str] = None,
+        auth: Optional[AuthProvider] = None,
+        retries: Union[Retries, int, None] = None,
     ) -> None:
         self.name = name
         self.target = target
         self.scoring_uri = scoring_uri
         self.grpc_target = grpc_target
         self.plan = plan
+        self.endpoint = endpoint
+        self.deployment = deployment
+        self.timeout_s = timeout_s
+        self.retries = _retries(retries)
         self._backend = backend
-        self._headers = {"Content-Type": "application/json", **(headers or {})}
-        self._transport: HttpTransport = transport or UrllibTransport()
-        self._timeout_s = timeout_s
+        plain = {key: value for key, value in (headers or {}).items() if key.lower() not in _SECRET_HEADERS}
+        self._headers = {"Content-Type": "application/json", **plain}
+        if deployment:
+            self._headers[MODEL_DEPLOYMENT_HEADER] = deployment
+        self._auth = _with_static_secrets(auth, headers or {})
+        self._transport: HttpTransport = transport if transport is not None else PooledTransport()
 
+    # --- queries -----------------------------------------------------------------------------
     def query(self, request: Union[str, list[Any], Mapping[str, Any], None] = None, **parameters: Any) -> dict[str, Any]:
         """Score ``request`` and return the response object of the scoring contract.
 
         ``request`` is a full request (``{"query": ..., "parameters": {...}}``), or just the query:
         a string, a list of strings, or a question-answering ``{"question", "context"}`` object.
-        Keyword arguments are added to ``parameters``.
+        Keyword arguments are added to ``parameters``. Failures raise a :class:`RequestError`
+        subclass, the same one for the same failure on every target.
         """
-        body = _request_body(request, parameters)
-        try:
-            response = self._transport.post(self.scoring_uri, json.dumps(body).encode("utf-8"), self._headers, self._timeout_s)
-        except OSError as exc:
-            raise ServiceUnavailableError(
-                f"Deployment {self.name!r} cannot be reached at {self.scoring_uri} ({exc}). Check that it is "
-                "running (mii_azure.list_deployments()) and see its logs.",
-                retry_after=5,
-                deployment=self.name,
-            ) from exc
-        payload = _decode(response.body)
-        if response.status == 200 and isinstance(payload, dict) and "responses" in payload:
+        body = json.dumps(_request_body(request, parameters)).encode("utf-8")
+        exchange = self._post(body)
+        payload = _decode(exchange.response.body)
+        if exchange.response.status == 200 and isinstance(payload, dict) and "responses" in payload:
             return payload
-        raise _error_from(response, payload, self.name)
+        raise self._http_error(exchange, payload)
 
+    def _post(self, body: bytes) -> _Exchange:
+        """POST ``body``, retrying what :class:`Retries` allows; the last answer, or a translated error."""
+        policy = self.retries
+        started = policy.clock()
+        waited = 0.0
+        tries = 0
+        while True:
+            tries += 1
+            headers, secrets = self._request_headers()
+            last: Union[HttpResponse, OSError]
+            try:
+                last = self._transport.post(self.scoring_uri, body, headers, self.timeout_s)
+            except OSError as exc:
+                if not _not_run(exc):
+                    raise self._transport_error(exc, tries, waited, secrets) from exc
+                last = exc
+                wait = policy.backoff(tries)
+                why = _describe_failure(exc)
+            else:
+                status = _contract_status(last)
+                if status not in (429, 503):
+                    return _Exchange(last, tries, waited, secrets)
+                retry_after = _retry_after(last)
+                wait = retry_after if retry_after is not None else policy.backoff(tries)
+                why = f"HTTP {last.status}" + (f" (the container's {status})" if status != last.status else "")
+            if tries > policy.max_retries or (policy.clock() - started) + wait > policy.budget_s:
+                if isinstance(last, OSError):
+                    raise self._transport_error(last, tries, waited, secrets) from last
+                return _Exchange(last, tries, waited, secrets)
+            logger.info(
+                "Deployment %r: %s; the request was not run, retry %d of %d in %.2f s.",
+                self.name, why, tries, policy.max_retries, wait,
+            )
+            policy.sleep(wait)
+            waited += wait
+
+    def _request_headers(self) -> tuple[dict[str, str], frozenset[str]]:
+        """This try's headers, and the credential values among them (to scrub from any error text)."""
+        headers = dict(self._headers)
+        secrets: set[str] = set()
+        if self._auth is not None:
+            for key, value in self._auth().items():
+                headers[key] = value
+                secrets.add(value)
+                if " " in value:  # "Bearer <token>": the token alone is as secret
+                    secrets.add(value.split(" ", 1)[1])
+        return headers, frozenset(secret for secret in secrets if len(secret) >= 4)
+
+    # --- translation to the SDK's errors, once --------------------------------------------------
+    def _facts(self, **facts: Any) -> dict[str, Any]:
+        known = {"deployment": self.name, "endpoint": self.endpoint, "azure_deployment": self.deployment}
+        return {**{key: value for key, value in known.items() if value is not None}, **facts}
+
+    def _http_error(self, exchange: _Exchange, payload: Any) -> RequestError:
+        response, tries = exchange.response, exchange.tries
+        message = _redact(_message(response, payload), exchange.secrets)
+        status = response.status
+        where = f"endpoint {self.endpoint!r}" if self.endpoint else f"deployment {self.name!r}"
+        if status == 424:
+            reason = response.header(MODEL_ERROR_REASON_HEADER)
+            container_status = _contract_status(response)
+            facts = self._facts(front_status_code=424, tries=tries, **({"reason": reason} if reason else {}))
+            if container_status == 424:
+                return ScoringError(
+                    f"The model container behind {where} failed without a status (HTTP 424"
+                    + (f", {reason}" if reason else "")
+                    + f"): {message} (its log: handle.logs()).",
+                    status_code=424,
+                    **facts,
+                )
+            return self._contract_error(container_status, message, exchange, facts)
+        facts = self._facts(tries=tries, status_code=status)
+        if status in (401, 403):
+            sent = "refused the key or token sent" if exchange.secrets else "needs a key or token, and none was sent"
+            return AuthenticationError(
+                f"{_capital(where)} {sent} (HTTP {status}): a key can be wrong, expired or regenerated. Get a fresh "
+                f"handle with mii_azure.get_deployment({self.name!r}), which fetches the current key. "
+                f"The server said: {message}",
+                **facts,
+            )
+        if status == 404:
+            if self.endpoint or self.deployment:
+                which = f"deployment {self.deployment!r}" if self.deployment else "deployment receiving traffic"
+                text = (
+                    f"Endpoint {self.endpoint or '?'!r} has no {which} to take the request (HTTP 404 at "
+                    f"{self.scoring_uri}): it does not exist, is not created yet, or gets no traffic. List its "
+                    "deployments and their traffic with `az ml online-endpoint show`, give one traffic, or pass "
+                    f"deployment=. The endpoint said: {message}"
+                )
+            else:
+                text = (
+                    f"Nothing at {self.scoring_uri} takes scoring requests for deployment {self.name!r} (HTTP 404). "
+                    f"Get a fresh handle with mii_azure.get_deployment({self.name!r}). The server said: {message}"
+                )
+            return EndpointNotFoundError(text, scoring_uri=self.scoring_uri, **facts)
+        if status == 408:
+            return RequestTimeoutError(
+                f"The Azure ML endpoint front gave up on the request at its own request timeout before {where} "
+                f"answered (HTTP 408; the deployment's request_settings.request_timeout_ms, at most "
+                f"{AZURE_MAX_REQUEST_TIMEOUT_S} s). Send fewer inputs or ask for fewer new tokens per request, raise "
+                "request_timeout_ms on the deployment, or use a faster SKU.",
+                limit_s=AZURE_MAX_REQUEST_TIMEOUT_S,
+                **facts,
+            )
+        if status == 429:
+            retry_after = _retry_after(response)
+            return TooManyRequestsError(
+                f"{_capital(where)} refused the request (HTTP 429): too many requests pending (more than "
+                "2 x max_concurrent_requests_per_instance x instance_count) or over its requests-per-second limit; "
+                f"nothing was run. {_tried(exchange)}Send fewer requests at once, or raise "
+                "max_concurrent_requests_per_instance or instance_count on the deployment. "
+                f"The endpoint said: {message}",
+                retry_after=retry_after if retry_after is not None else self.retries.backoff(tries),
+                **facts,
+            )
+        return self._contract_error(status, message, exchange, facts)
+
+    def _contract_error(self, status: int, message: str, exchange: _Exchange, facts: dict[str, Any]) -> RequestError:
+        """The scoring contract's error for ``status`` (DESIGN.md section 3), with the server's message."""
+        facts = {**facts, "status_code": status}
+        error_type = error_for_status(status)
+        if error_type is ServiceUnavailableError:
+            retry_after = _retry_after(exchange.response)
+            return ServiceUnavailableError(
+                f"{message} {_tried(exchange)}".rstrip(),
+                retry_after=retry_after if retry_after is not None else 1.0,
+                **facts,
+            )
+        return error_type(message, **facts)
+
+    def _transport_error(
+        self, exc: OSError, tries: int, waited: float, secrets: frozenset[str]
+    ) -> Union[RequestError, ConfigError]:
+        """The SDK error for a request that got no HTTP answer."""
+        detail = _redact(str(exc) or type(exc).__name__, secrets)
+        facts = self._facts(tries=tries, scoring_uri=self.scoring_uri)
+        if isinstance(exc, CertificateVerifyError):
+            return ConfigError(
+                f"The TLS certificate of {self.scoring_uri} is not trusted ({detail}). If it is signed by your own "
+                "CA, point SSL_CERT_FILE or REQUESTS_CA_BUNDLE at that CA's PEM file.",
+                **facts,
+            )
+        if isinstance(exc, TimeoutError):
+            return RequestTimeoutError(
+                f"Deployment {self.name!r} sent no answer within timeout_s={self.timeout_s:g} s ({detail}). It was "
+                "not retried: it may still be running. Send smaller requests, or raise the handle's timeout_s.",
+                timeout_s=self.timeout_s,
+                **facts,
+            )
+        tried = f" Tried {tries} times over {waited:.1f} s." if tries > 1 else ""
+        return ServiceUnavailableError(
+            f"Deployment {self.name!r} cannot be reached at {self.scoring_uri} ({detail}).{tried} Check that it is "
+            "running (mii_azure.list_deployments()) and see its logs.",
+            retry_after=5,
+            **facts,
+        )
+
+    # --- the rest of the handle -----------------------------------------------------------------
     def logs(self, lines: int = 50) -> str:
         """The last ``lines`` lines of the deployment's log."""
         return self._backend.logs(self.name, lines)
 
     def delete(self) -> None:
         """Stop the deployment (in-flight requests finish first) and forget it."""
+        self.close()
         self._backend.delete(self.name)
+
+    def close(self) -> None:
+        """Close the handle's idle connections (the deployment keeps running; queries reopen them)."""
+        close = getattr(self._transport, "close", None)
+        if callable(close):
+            close()
 
     def __enter__(self) -> "Deployment":
         return self
@@ -120,7 +385,37 @@ class Deployment:
         self.delete()
 
     def __repr__(self) -> str:
-        return f"Deployment(name={self.name!r}, target={self.target!r}, scoring_uri={self.scoring_uri!r})"
+        azure = "".join(
+            f", {key}={value!r}" for key, value in (("endpoint", self.endpoint), ("deployment", self.deployment)) if value
+        )
+        return f"Deployment(name={self.name!r}, target={self.target!r}, scoring_uri={self.scoring_uri!r}{azure})"
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def _retries(retries: Union[Retries, int, None]) -> Retries:
+    if retries is None:
+        return Retries()
+    if isinstance(retries, Retries):
+        return retries
+    if isinstance(retries, int) and not isinstance(retries, bool):
+        return Retries(max_retries=retries)
+    raise ConfigError(f"retries must be a Retries or a number of retries, not {retries!r}.", retries=repr(retries))
+
+
+def _with_static_secrets(auth: Optional[AuthProvider], headers: Mapping[str, str]) -> Optional[AuthProvider]:
+    """Credential headers given in ``headers`` join the provider's, kept out of the handle's attributes."""
+    static = {key: value for key, value in headers.items() if key.lower() in _SECRET_HEADERS}
+    if not static:
+        return auth
+    if auth is None:
+        return lambda: static
+
+    def provider() -> Mapping[str, str]:
+        return {**static, **auth()}
+
+    return provider
 
 
 def _request_body(request: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,17 +434,84 @@ def _decode(body: bytes) -> Any:
         return None
 
 
-def _error_from(response: HttpResponse, payload: Any, name: str) -> RequestError:
+def _message(response: HttpResponse, payload: Any) -> str:
+    """The error message of an answer: the scoring contract's, the inference server's, or the text."""
     error = payload.get("error") if isinstance(payload, dict) else None
     if isinstance(error, dict) and "message" in error:
-        message = str(error["message"])
-    elif isinstance(payload, dict) and "message" in payload:  # the inference server's own errors
-        message = str(payload["message"])
-    else:
-        message = response.body[:500].decode("utf-8", "replace") or f"HTTP {response.status}"
-    error_type = error_for_status(response.status)
-    facts: dict[str, Any] = {"status_code": response.status, "deployment": name}
-    if error_type is ServiceUnavailableError:
-        retry = response.headers.get("Retry-After") or response.headers.get("retry-after") or "1"
-        return ServiceUnavailableError(message, retry_after=float(retry), **facts)
-    return error_type(message, **facts)
+        return str(error["message"])
+    if isinstance(payload, dict) and "message" in payload:  # the inference server's (and Azure's front's) own
+        return str(payload["message"])
+    if isinstance(error, str):
+        return error
+    return response.body[:500].decode("utf-8", "replace").strip() or f"HTTP {response.status}"
+
+
+def _contract_status(response: HttpResponse) -> int:
+    """The status the scoring container answered: behind an Azure front's 424, the one its header names."""
+    if response.status == 424:
+        named = response.header(MODEL_ERROR_STATUS_HEADER)
+        try:
+            return int(named) if named is not None else 424
+        except ValueError:
+            return 424
+    return response.status
+
+
+def _retry_after(response: HttpResponse) -> Optional[float]:
+    """``Retry-After`` in seconds (a number, or an HTTP date against the answer's own ``Date``); None if absent."""
+    value = response.header("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    date = response.header("Date")
+    now = time.time()
+    if date:
+        try:
+            now = email.utils.parsedate_to_datetime(date).timestamp()  # the server's clock: no skew
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+    return max(0.0, when - now)
+
+
+def _not_run(exc: OSError) -> bool:
+    """Whether a request that got no answer is known not to have been run, so that sending it again is
+    safe: no connection could be opened (nothing was sent), or the connection was closed or reset
+    before any byte of an answer (the server did not accept the request; a /score request changes
+    nothing, so at worst it is scored twice). A timeout after sending is not: it may still be running."""
+    if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, OSError):
+        exc = exc.reason  # UrllibTransport wraps the socket error
+    if isinstance(exc, (ConnectError, ConnectionLostError, ConnectionRefusedError)):
+        return True
+    return False
+
+
+def _describe_failure(exc: OSError) -> str:
+    if isinstance(exc, ConnectionLostError):
+        return "the connection was closed before any answer"
+    return "the connection could not be opened"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _tried(exchange: _Exchange) -> str:
+    if exchange.tries <= 1:
+        return ""
+    return f"Tried {exchange.tries} times over {exchange.waited_s:.1f} s. "
+
+
+def _redact(text: str, secrets: frozenset[str]) -> str:
+    """``text`` with every credential value replaced by ``***`` (a server might echo a header back)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    return text
+

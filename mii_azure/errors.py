@@ -17,6 +17,13 @@ __all__ = [
     "MiiAzureError",
     "ConfigError",
     "TaskMismatchError",
+    "SkuNotAvailableError",
+    "SkuDoesNotFitError",
+    "WorkspaceNotConfiguredError",
+    "QuotaExceededError",
+    "DeploymentNotFoundError",
+    "DeploymentFailedError",
+    "AzureServiceError",
     "ModelNotFoundError",
     "InvalidModelError",
     "ModelLoadError",
@@ -25,8 +32,11 @@ __all__ = [
     "BadRequestError",
     "PayloadTooLargeError",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
     "RequestTimeoutError",
     "ScoringError",
+    "AuthenticationError",
+    "EndpointNotFoundError",
     "error_for_status",
 ]
 
@@ -54,6 +64,46 @@ class TaskMismatchError(ConfigError):
 
     ``supported_tasks`` lists the tasks that would work with this model.
     """
+
+
+class SkuNotAvailableError(ConfigError):
+    """The VM size asked for cannot be used: unknown, retired, not on the managed online endpoint list,
+    GPUs the serving image's CUDA cannot build for, or an alias matching several sizes where one is needed.
+
+    ``reason`` says which (``"unknown"``, ``"retired"``, ``"not_listed"``, ``"cuda"``, ``"ambiguous"``);
+    ``alternatives`` names the nearest workable sizes, cheapest first, each with its ``usd_per_hour``.
+    """
+
+
+class SkuDoesNotFitError(ConfigError):
+    """The model, with the choices given, plans on none of the sizes a name resolves to.
+
+    ``conflict`` is the planner's (``"memory"``, ``"tensor_parallel"``, ...); ``alternatives`` names
+    sizes on which it does plan, cheapest first, each with its ``usd_per_hour``.
+    """
+
+
+class WorkspaceNotConfiguredError(ConfigError):
+    """No Azure ML workspace was given and none could be found (no ml_client, no ids, no config.json)."""
+
+
+class QuotaExceededError(ConfigError):
+    """The workspace's region does not offer the VM size, or its family's vCPU quota cannot cover the
+    deployment; ``family``, ``needed`` and ``limit`` say by how much."""
+
+
+class DeploymentNotFoundError(MiiAzureError):
+    """No deployment (local) or endpoint/deployment (Azure ML) has that name."""
+
+
+class DeploymentFailedError(MiiAzureError):
+    """A deployment failed to provision or never became ready; ``logs`` holds the tail of its log and
+    ``kept`` says whether it was left in place (and bills) or deleted."""
+
+
+class AzureServiceError(MiiAzureError):
+    """Azure ML refused or failed an operation for a reason not covered by a more specific error;
+    ``status_code`` and ``operation`` say which."""
 
 
 class ModelNotFoundError(MiiAzureError):
@@ -107,6 +157,14 @@ class ServiceUnavailableError(RequestError):
         super().__init__(message, retry_after=retry_after, **facts)
 
 
+class TooManyRequestsError(ServiceUnavailableError):
+    """The endpoint refused the request for now (HTTP 429): too many requests pending, or over its rate
+    limit. Nothing was run; retry after ``retry_after`` seconds, or send fewer requests at once."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class RequestTimeoutError(RequestError):
     """The request ran past its timeout."""
 
@@ -121,6 +179,28 @@ class ScoringError(RequestError):
     code = "internal_error"
 
 
+class AuthenticationError(RequestError):
+    """The endpoint refused the key or token sent with the request (HTTP 401 or 403).
+
+    The message says how to get a fresh one; the key itself is never part of an error.
+    """
+
+    status = 401
+    code = "unauthorized"
+
+
+class EndpointNotFoundError(RequestError, DeploymentNotFoundError):
+    """Nothing at the scoring URI takes requests (HTTP 404): no such endpoint or deployment, or no
+    deployment receiving traffic. ``endpoint`` and ``azure_deployment`` name what was asked for (when
+    the handle is for an Azure ML endpoint), ``scoring_uri`` where. A query's
+    :class:`DeploymentNotFoundError`: ``except DeploymentNotFoundError`` catches it too."""
+
+    status = 404
+    code = "not_found"
+
+
+# The statuses of the scoring contract (DESIGN.md section 3). Statuses only an endpoint's front sends
+# (401/403, 404, 408, 424, 429) are translated by the Deployment handle, which knows the endpoint.
 _BY_STATUS: dict[int, type[RequestError]] = {
     cls.status: cls
     for cls in (

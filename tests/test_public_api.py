@@ -39,6 +39,8 @@ PUBLIC_API = {
     "MiiAzureError",
     "ConfigError",
     "TaskMismatchError",
+    "SkuNotAvailableError",
+    "SkuDoesNotFitError",
     "ModelNotFoundError",
     "InvalidModelError",
     "ModelLoadError",
@@ -47,8 +49,11 @@ PUBLIC_API = {
     "BadRequestError",
     "PayloadTooLargeError",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
     "RequestTimeoutError",
     "ScoringError",
+    "AuthenticationError",
+    "EndpointNotFoundError",
 }
 
 

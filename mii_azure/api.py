@@ -1,64 +1,159 @@
-"""The top-level verbs: deploy a model, find running deployments, the DeepSpeed-MII query handle."""
+"""The top-level verbs: deploy a model (locally or to Azure ML), find deployments, the MII query handle."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 from .config import ServingSettings
 from .deployment import Deployment
 from .errors import ConfigError
 from .models import resolve_model
 from .packaging import MANIFEST_FILE, Package, check_name, deployment_name, package
-from .targets.local import LocalTarget
+from .targets.local import LocalTarget, state_home
+
+if TYPE_CHECKING:
+    from .targets.azureml.dry_run import DryRun
+    from .targets.azureml.workspace import Workspace
 
 __all__ = ["deploy", "get_deployment", "list_deployments", "mii_query_handle"]
 
 ModelLike = Union[str, "os.PathLike[str]", Package]
+Progress = Union[bool, Callable[[str], None], None]
+_DEPLOYMENT_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
 
 
 def deploy(
     model: ModelLike,
     *,
     local: bool = False,
-    name: Optional[str] = None,
-    task: Optional[str] = None,
     sku: Optional[str] = None,
+    name: Optional[str] = None,
+    endpoint: Optional[str] = None,
+    deployment: Optional[str] = None,
+    task: Optional[str] = None,
+    ml_client: Any = None,
+    subscription_id: Optional[str] = None,
+    resource_group: Optional[str] = None,
+    workspace: Optional[str] = None,
+    credential: Any = None,
+    instance_count: int = 1,
+    auth_mode: str = "key",
+    request_timeout_s: Optional[float] = None,
+    environment_variables: Optional[Mapping[str, str]] = None,
+    strict: bool = False,
+    dry_run: bool = False,
+    output: Optional[Union[str, "os.PathLike[str]"]] = None,
+    on_failure: str = "delete",
+    timeout_s: Optional[float] = None,
     port: Optional[int] = None,
     grpc_port: Optional[int] = None,
     wait: bool = True,
-    progress: Union[bool, Callable[[str], None]] = False,
+    progress: Progress = None,
     settings: Optional[ServingSettings] = None,
     **overrides: Any,
-) -> Deployment:
+) -> Union[Deployment, "DryRun"]:
     """Deploy ``model`` (a model reference, a package folder or a :class:`Package`).
 
+    To Azure ML (the default): ``sku`` names the VM size (full name, alias such as ``"ND96"`` or
+    ``"NC24ads"``); the workspace is ``ml_client``, or ``subscription_id``/``resource_group``/
+    ``workspace`` with ``credential`` (default ``DefaultAzureCredential``), or a ``config.json`` found
+    from the working directory upwards. ``endpoint`` (default: ``name`` or the model's name) and
+    ``deployment`` (default ``"blue"``) are chosen here: a package deploys under any names. Waits
+    until the deployment is ready, showing each stage (``progress=False`` for none); on a failure or
+    Ctrl-C, ``on_failure="delete"`` removes what this call created, ``"keep"`` leaves it (it bills).
+    ``dry_run=True`` writes the package and its YAML and returns the ``az ml`` commands, without a
+    workspace or network.
+
     With ``local=True`` it runs on this machine through the same package, scoring script and
-    inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC). Plan
-    ``overrides`` (dtype, max_batch_size, ...) go to the planner. ``progress=True`` prints start-up
-    progress (or pass a callable taking one line).
+    inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC), as ``name``.
+
+    Plan ``overrides`` (dtype, max_batch_size, ...) go to the planner.
     """
-    if not local:
-        raise ConfigError(
-            "Deploying to Azure ML managed online endpoints is not available in this version yet; use "
-            "deploy(model, local=True), or deploy the package's azureml/*.yml with `az ml`.",
-            conflict="local",
+    choices = {"task": task, "settings": settings, **overrides}
+    if local:
+        if dry_run:
+            raise ConfigError("dry_run applies to Azure ML deployments; drop local=True.", conflict="dry_run")
+        return _deploy_locally(model, name=endpoint or name, sku=sku, choices=choices, port=port, grpc_port=grpc_port, wait=wait, progress=progress)
+    if port is not None or grpc_port is not None:
+        raise ConfigError("port and grpc_port are for local deployments (local=True).", conflict="port")
+    bundle, sku_note, chosen = _package_for_azure(model, sku=sku, name=endpoint or name, strict=strict, output=output, choices=choices)
+    endpoint_name = check_name(endpoint or name or bundle.name)
+    deployment_name_ = _check_deployment_name(deployment or "blue")
+    from .azureml_specs import AzureNames
+
+    notes = (sku_note,) if sku_note else ()
+    if dry_run:
+        from .targets.azureml.dry_run import dry_run as write_dry_run
+
+        return write_dry_run(
+            bundle,
+            AzureNames(endpoint_name, deployment_name_),
+            instance_count=instance_count,
+            auth_mode=auth_mode,
+            request_timeout_s=request_timeout_s,
+            environment_variables=environment_variables,
+            notes=notes,
         )
-    target = LocalTarget()
-    choices = {"name": name, "task": task, "sku": sku, "settings": settings, **overrides}
-    bundle = _as_package(target, model, choices)
-    report = print if progress is True else (progress or None)
-    return target.deploy(bundle, port=port, grpc_port=grpc_port, wait=wait, progress=report)
+    from .targets.azureml import AzureMLTarget
+
+    target = AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential))
+    return target.deploy(
+        bundle,
+        endpoint=endpoint_name,
+        deployment=deployment_name_,
+        sku=chosen,
+        instance_count=instance_count,
+        auth_mode=auth_mode,
+        request_timeout_s=request_timeout_s,
+        environment_variables=environment_variables,
+        on_failure=on_failure,
+        timeout_s=timeout_s,
+        progress=True if progress is None else progress,
+        notes=notes,
+    )
 
 
-def get_deployment(name: str) -> Deployment:
-    """The running local deployment called ``name`` (works from any process)."""
+def get_deployment(
+    name: str,
+    *,
+    deployment: Optional[str] = None,
+    ml_client: Any = None,
+    subscription_id: Optional[str] = None,
+    resource_group: Optional[str] = None,
+    workspace: Optional[str] = None,
+    credential: Any = None,
+    azure: bool = False,
+) -> Deployment:
+    """The deployment called ``name``: a running local one, or (given a workspace, or ``azure=True``
+    to use config.json) the Azure ML endpoint ``name`` and its ``deployment`` (default: the one taking
+    the most traffic). Works from any process."""
+    if azure or _any_workspace(ml_client, subscription_id, resource_group, workspace, credential):
+        from .targets.azureml import AzureMLTarget
+
+        return AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential)).get(name, deployment)
+    if deployment is not None:
+        raise ConfigError("deployment= names a deployment of an Azure ML endpoint; pass ml_client= (or azure=True) too.", conflict="deployment")
     return LocalTarget().get(name)
 
 
-def list_deployments() -> list[Deployment]:
-    """Every running local deployment."""
+def list_deployments(
+    *,
+    ml_client: Any = None,
+    subscription_id: Optional[str] = None,
+    resource_group: Optional[str] = None,
+    workspace: Optional[str] = None,
+    credential: Any = None,
+    azure: bool = False,
+) -> list[Deployment]:
+    """Every running local deployment, or (given a workspace, or ``azure=True``) every deployment of
+    the workspace's managed online endpoints."""
+    if azure or _any_workspace(ml_client, subscription_id, resource_group, workspace, credential):
+        from .targets.azureml import AzureMLTarget
+
+        return AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential)).list()
     return LocalTarget().list()
 
 
@@ -67,20 +162,126 @@ def mii_query_handle(name: str) -> Deployment:
     return get_deployment(name)
 
 
-def _as_package(target: LocalTarget, model: ModelLike, choices: dict[str, Any]) -> Package:
-    """The package to deploy: the one given (``choices`` must leave it as built), or one built for
-    ``model`` with ``choices`` (name, task, sku, settings, plan overrides) under the target's home."""
-    if isinstance(model, Package) or (Path(os.fspath(model)).expanduser() / MANIFEST_FILE).is_file():
-        bundle = model if isinstance(model, Package) else Package.load(Path(os.fspath(model)).expanduser())
-        changed = sorted(key for key, value in choices.items() if value is not None and not (key == "name" and value == bundle.name))
-        if changed:
-            raise ConfigError(
-                f"A package is deployed as it was built; {', '.join(changed)} cannot be changed here. Rebuild it "
-                "with mii_azure.package(...) to change them.",
-                conflict=changed[0],
-            )
-        return bundle
+# --- internals -------------------------------------------------------------------------------
+def _deploy_locally(
+    model: ModelLike,
+    *,
+    name: Optional[str],
+    sku: Optional[str],
+    choices: dict[str, Any],
+    port: Optional[int],
+    grpc_port: Optional[int],
+    wait: bool,
+    progress: Progress,
+) -> Deployment:
+    target = LocalTarget()
+    existing = _existing_package(model)
+    if existing is not None:
+        _refuse_changes(existing, {"sku": sku, **choices})
+        bundle = existing
+    else:
+        facts = resolve_model(model)
+        package_name = check_name(name or deployment_name(facts))
+        target.ensure_free(package_name)  # never rebuild the package under a running deployment
+        bundle = package(facts, output=target.home / "packages" / package_name, name=package_name, overwrite=True, sku=sku, **choices)
+    report = print if progress is True else (progress or None)
+    return target.deploy(bundle, name=name, port=port, grpc_port=grpc_port, wait=wait, progress=report)
+
+
+def _package_for_azure(
+    model: ModelLike,
+    *,
+    sku: Optional[str],
+    name: Optional[str],
+    strict: bool,
+    output: Optional[Union[str, "os.PathLike[str]"]],
+    choices: dict[str, Any],
+) -> tuple[Package, Optional[str], Any]:
+    """The package to deploy, the note on how its size was chosen, and the catalog SKU (if any)."""
+    from .skus import get_sku
+
+    existing = _existing_package(model)
+    if existing is not None:
+        _refuse_changes(existing, {"sku": sku if sku is not None and not _same_size(existing, sku) else None, **choices})
+        chosen = get_sku(existing.plan.hardware.name) if existing.plan.hardware.kind == "gpu" else None
+        return existing, None, chosen
+    if sku is None:
+        raise ConfigError(
+            "Deploying to Azure ML needs sku= (a VM size such as 'Standard_NC24ads_A100_v4', or an alias such as "
+            "'NC24ads', 'A100' or 'ND96'); or pass local=True to run it on this machine.",
+            conflict="sku",
+        )
     facts = resolve_model(model)
-    name = check_name(choices.pop("name") or deployment_name(facts))
-    target.ensure_free(name)  # never rebuild the package under a running deployment
-    return package(facts, output=target.home / "packages" / name, name=name, overwrite=True, **choices)
+    choice = _choose(facts, sku, strict, choices)
+    package_name = check_name(name or deployment_name(facts))
+    destination = Path(output).expanduser() if output else state_home() / "packages" / "azureml" / package_name
+    bundle = package(
+        facts,
+        output=destination,
+        name=package_name,
+        overwrite=True,
+        sku=choice.sku.instance_type,
+        **choices,
+    )
+    return bundle, choice.reason, choice.sku
+
+
+def _choose(facts: Any, sku: str, strict: bool, choices: dict[str, Any]) -> Any:
+    from .planner import PlanOverrides
+    from .sku_choice import choose_sku
+
+    overrides = {key: value for key, value in choices.items() if key not in ("task", "settings") and value is not None}
+    try:
+        plan_overrides = PlanOverrides(**overrides)
+    except Exception as exc:  # pydantic's ValidationError or an unknown keyword
+        raise ConfigError(f"Invalid plan override: {exc}", overrides=overrides) from None
+    settings = choices.get("settings")
+    task = choices.get("task") or (settings.task if settings else None)
+    return choose_sku(facts, sku, task=task, overrides=plan_overrides, strict=strict)
+
+
+def _same_size(bundle: Package, sku: str) -> bool:
+    from .skus import get_sku
+
+    try:
+        return get_sku(sku).instance_type == bundle.plan.hardware.name
+    except ConfigError:
+        return False
+
+
+def _existing_package(model: ModelLike) -> Optional[Package]:
+    if isinstance(model, Package):
+        return model
+    folder = Path(os.fspath(model)).expanduser()
+    return Package.load(folder) if (folder / MANIFEST_FILE).is_file() else None
+
+
+def _refuse_changes(bundle: Package, choices: dict[str, Any]) -> None:
+    """A package deploys as it was built (under any name); other choices mean rebuilding it."""
+    changed = sorted(key for key, value in choices.items() if value is not None)
+    if changed:
+        raise ConfigError(
+            f"A package is deployed as it was built; {', '.join(changed)} cannot be changed here (names can). "
+            "Rebuild it with mii_azure.package(...) to change them.",
+            conflict=changed[0],
+        )
+
+
+def _check_deployment_name(name: str) -> str:
+    if not _DEPLOYMENT_NAME.match(name):
+        raise ConfigError(
+            f"Deployment name {name!r} is not valid: use 3 to 32 letters, digits and '-', starting with a letter "
+            "and not ending with '-' (Azure ML's rule for deployment names).",
+            name=name,
+        )
+    return name
+
+
+def _any_workspace(*values: Any) -> bool:
+    return any(value is not None for value in values)
+
+
+def _workspace(ml_client: Any, subscription_id: Optional[str], resource_group: Optional[str], workspace: Optional[str], credential: Any) -> "Workspace":
+    from .targets.azureml.workspace import connect
+
+    return connect(ml_client, subscription_id=subscription_id, resource_group=resource_group, workspace=workspace, credential=credential)

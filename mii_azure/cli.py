@@ -72,33 +72,50 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=8)
     serve.set_defaults(handler=_serve)
 
-    deploy = commands.add_parser("deploy", help="deploy a model or package (--local: on this machine, 127.0.0.1)")
-    deploy.add_argument("model", help="model folder, cached hub id, or package folder")
+    deploy = commands.add_parser(
+        "deploy", help="deploy a model or package to Azure ML (--sku), or on this machine (--local, 127.0.0.1)"
+    )
+    deploy.add_argument("model", help="model folder, cached hub id, azureml:name:version, or package folder")
     deploy.add_argument("--local", action="store_true", help="run it here with the same code Azure ML runs")
-    deploy.add_argument("--name", help="deployment name (default: derived from the model)")
+    deploy.add_argument("--sku", help="Azure VM size: full name or alias (ND96, NC24ads, A100, H100, ...)")
+    deploy.add_argument("--endpoint", help="Azure ML endpoint name (default: --name or the model's name)")
+    deploy.add_argument("--deployment", help="Azure ML deployment name (default: blue)")
+    deploy.add_argument("--name", help="deployment name (local) / endpoint name (Azure); default: derived from the model")
     deploy.add_argument("--task", help="task override")
-    deploy.add_argument("--port", type=int, help="HTTP port (default: a free one)")
-    deploy.add_argument("--grpc-port", type=int, help="gRPC port (default: a free one)")
+    deploy.add_argument("--instance-count", type=int, default=1, help="Azure ML instances (default 1)")
+    deploy.add_argument("--auth-mode", choices=("key", "aml_token"), default="key", help="endpoint authentication")
+    deploy.add_argument("--request-timeout-s", type=float, help="request timeout on Azure ML (at most 180 s)")
+    deploy.add_argument("--strict", action="store_true", help="refuse an alias that matches several sizes")
+    deploy.add_argument("--on-failure", choices=("delete", "keep"), default="delete", help="what a failed deployment leaves")
+    deploy.add_argument("--dry-run", action="store_true", help="write the package and its YAML, print the az ml commands")
+    deploy.add_argument("--output", help="package folder for --dry-run (default: under $MII_AZURE_HOME)")
+    deploy.add_argument("--port", type=int, help="HTTP port, local (default: a free one)")
+    deploy.add_argument("--grpc-port", type=int, help="gRPC port, local (default: a free one)")
     deploy.add_argument("--replicas", type=int, help="model copies, one server worker each (default: the plan's)")
     deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    _add_workspace_arguments(deploy, with_flag=False)
     deploy.set_defaults(handler=_deploy)
 
-    listing = commands.add_parser("list", help="list running local deployments")
+    listing = commands.add_parser("list", help="list running local deployments (--azure: the workspace's endpoints)")
     listing.add_argument("--json", action="store_true", help="print JSON")
+    _add_workspace_arguments(listing)
     listing.set_defaults(handler=_list)
 
     query = commands.add_parser("query", help="send a request to a deployment and print the response")
-    query.add_argument("name", help="deployment name")
+    query.add_argument("name", help="deployment name (local) or endpoint name (--azure)")
     query.add_argument("request", help='JSON request, e.g. \'{"query": ["DeepSpeed is"]}\', or plain text')
+    _add_workspace_arguments(query, deployment=True)
     query.set_defaults(handler=_query)
 
     logs = commands.add_parser("logs", help="print the end of a deployment's log")
-    logs.add_argument("name", help="deployment name")
+    logs.add_argument("name", help="deployment name (local) or endpoint name (--azure)")
     logs.add_argument("--lines", type=int, default=50)
+    _add_workspace_arguments(logs, deployment=True)
     logs.set_defaults(handler=_logs)
 
-    delete = commands.add_parser("delete", help="stop a deployment (in-flight requests finish)")
-    delete.add_argument("name", help="deployment name")
+    delete = commands.add_parser("delete", help="stop a deployment (local: in-flight requests finish; --azure: the endpoint)")
+    delete.add_argument("name", help="deployment name (local) or endpoint name (--azure)")
+    _add_workspace_arguments(delete, deployment=True)
     delete.set_defaults(handler=_delete)
 
     pack = commands.add_parser("package", help="build a deployable package directory for a model")
@@ -208,23 +225,72 @@ def _cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_workspace_arguments(parser: argparse.ArgumentParser, *, with_flag: bool = True, deployment: bool = False) -> None:
+    group = parser.add_argument_group("Azure ML workspace (default: config.json in this folder or above)")
+    if with_flag:
+        group.add_argument("--azure", action="store_true", help="act on Azure ML managed online endpoints")
+    if deployment:
+        group.add_argument("--deployment", help="the endpoint's deployment (default: the one taking the most traffic)")
+    group.add_argument("--subscription-id", help="Azure subscription id")
+    group.add_argument("--resource-group", help="resource group of the workspace")
+    group.add_argument("--workspace", help="Azure ML workspace name")
+
+
+def _workspace_options(args: argparse.Namespace) -> dict[str, Any]:
+    options = {
+        "subscription_id": args.subscription_id,
+        "resource_group": args.resource_group,
+        "workspace": args.workspace,
+    }
+    if getattr(args, "azure", False) or any(options.values()):
+        return {**options, "azure": True}
+    return {}
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from .api import deploy
 
-    if not args.local:
-        print("error: only --local deployments are available in this version; add --local.", file=sys.stderr)
-        return 2
-    deployment = deploy(
+    if args.local:
+        deployment = deploy(
+            args.model,
+            local=True,
+            name=args.endpoint or args.name,
+            task=args.task,
+            port=args.port,
+            grpc_port=args.grpc_port,
+            progress=not args.json,
+            replicas=args.replicas,
+        )
+        _print_deployment(deployment, as_json=args.json)
+        return 0
+    result = deploy(
         args.model,
-        local=True,
+        sku=args.sku,
         name=args.name,
+        endpoint=args.endpoint,
+        deployment=args.deployment,
         task=args.task,
-        port=args.port,
-        grpc_port=args.grpc_port,
+        subscription_id=args.subscription_id,
+        resource_group=args.resource_group,
+        workspace=args.workspace,
+        instance_count=args.instance_count,
+        auth_mode=args.auth_mode,
+        request_timeout_s=args.request_timeout_s,
+        strict=args.strict,
+        dry_run=args.dry_run,
+        output=args.output,
+        on_failure=args.on_failure,
         progress=not args.json,
         replicas=args.replicas,
     )
-    _print_deployment(deployment, as_json=args.json)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"package": str(result.package.path), "endpoint_file": str(result.endpoint_file),
+                              "deployment_file": str(result.deployment_file), "commands": result.commands}))
+        else:
+            print(result.describe())
+        return 0
+    _print_deployment(result, as_json=args.json)
     return 0
 
 
@@ -232,6 +298,7 @@ def _print_deployment(deployment: Any, *, as_json: bool) -> None:
     info = {
         "name": deployment.name,
         "target": deployment.target,
+        "deployment": deployment.deployment,
         "scoring_uri": deployment.scoring_uri,
         "grpc_target": deployment.grpc_target,
         "task": deployment.plan.task if deployment.plan else None,
@@ -240,45 +307,68 @@ def _print_deployment(deployment: Any, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(info))
         return
-    print(f"{info['name']}: {info['task']} on {info['target']}  HTTP {info['scoring_uri']}  gRPC {info['grpc_target']}")
+    if deployment.target == "local":
+        print(f"{info['name']}: {info['task']} on {info['target']}  HTTP {info['scoring_uri']}  gRPC {info['grpc_target']}")
+    else:
+        print(f"{info['name']}/{info['deployment']}: on Azure ML  {info['scoring_uri']}")
 
 
 def _list(args: argparse.Namespace) -> int:
     from .api import list_deployments
 
-    deployments = list_deployments()
+    options = _workspace_options(args)
+    deployments = list_deployments(**options)
     if args.json:
-        print(json.dumps([{"name": d.name, "scoring_uri": d.scoring_uri, "grpc_target": d.grpc_target} for d in deployments]))
+        print(json.dumps([{"name": d.name, "deployment": d.deployment, "target": d.target, "scoring_uri": d.scoring_uri,
+                           "grpc_target": d.grpc_target} for d in deployments]))
     elif not deployments:
-        print("No local deployments are running.")
+        print("No Azure ML endpoints in the workspace." if options else "No local deployments are running.")
     for deployment in [] if args.json else deployments:
         _print_deployment(deployment, as_json=False)
     return 0
 
 
-def _query(args: argparse.Namespace) -> int:
+def _handle(args: argparse.Namespace) -> Any:
     from .api import get_deployment
 
+    options = _workspace_options(args)
+    if args.deployment and not options:
+        options = {"azure": True}
+    return get_deployment(args.name, deployment=args.deployment, **options)
+
+
+def _query(args: argparse.Namespace) -> int:
     try:
         request: Any = json.loads(args.request)
     except ValueError:
         request = args.request
-    print(json.dumps(get_deployment(args.name).query(request), indent=2))
+    print(json.dumps(_handle(args).query(request), indent=2))
     return 0
 
 
 def _logs(args: argparse.Namespace) -> int:
-    from .targets.local import LocalTarget
+    if not _workspace_options(args) and not args.deployment:
+        from .targets.local import LocalTarget
 
-    print(LocalTarget().logs(args.name, args.lines))
+        print(LocalTarget().logs(args.name, args.lines))
+        return 0
+    print(_handle(args).logs(args.lines))
     return 0
 
 
 def _delete(args: argparse.Namespace) -> int:
-    from .targets.local import LocalTarget
+    options = _workspace_options(args)
+    if not options and not args.deployment:
+        from .targets.local import LocalTarget
 
-    LocalTarget().delete(args.name)
-    print(f"Deleted {args.name}.")
+        LocalTarget().delete(args.name)
+        print(f"Deleted {args.name}.")
+        return 0
+    from .targets.azureml import AzureMLTarget, connect
+
+    options.pop("azure", None)
+    AzureMLTarget(connect(**options)).delete(args.name, args.deployment)
+    print(f"Deleted {args.name}/{args.deployment}." if args.deployment else f"Deleted endpoint {args.name} and its deployments.")
     return 0
 
 

@@ -14,9 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
-__all__ = ["ServingSettings", "SETTINGS_ENV_PREFIX"]
+__all__ = ["ServingSettings", "SETTINGS_ENV_PREFIX", "HUB_MODEL_ENV"]
 
 SETTINGS_ENV_PREFIX = "MII_AZURE_"
+#: A hub id a deployment's scoring script fetches at start-up instead of a registered model.
+HUB_MODEL_ENV = "MII_AZURE_HUB_MODEL"
 
 
 class ServingSettings(BaseModel):

@@ -69,6 +69,11 @@ _HEAD_TASKS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _AZUREML_REF = re.compile(r"^azureml:(?P<name>[\w.\-]+)(?::(?P<version>[\w.\-]+)|@(?P<label>[\w.\-]+))?$")
+# A model in an Azure ML registry, used by deployments as it is written.
+_REGISTRY_REF = re.compile(
+    r"^azureml://registries/(?P<registry>[\w.\-]+)/models/(?P<name>[\w.\-]+)"
+    r"(?:/versions/(?P<version>[\w.\-]+)|/labels/(?P<label>[\w.\-]+))?$"
+)
 
 # Config keys that different architectures use for the same fact.
 _ALIASES: dict[str, tuple[str, ...]] = {
@@ -110,6 +115,16 @@ class ModelRef(BaseModel):
         """Parse ``reference``; raises ModelNotFoundError for something that names nothing."""
         text = os.fspath(reference)
         match = _AZUREML_REF.match(text)
+        if text.startswith("azureml://"):
+            registry = _REGISTRY_REF.match(text)
+            if not registry:
+                raise ModelNotFoundError(
+                    f"{text!r} is not a valid Azure ML registry model reference; write "
+                    "azureml://registries/<registry>/models/<name>/versions/<version> (or .../labels/latest).",
+                    reference=text,
+                )
+            label = registry["label"] or (None if registry["version"] else "latest")
+            return cls(reference=text, source=ModelSource.AZUREML, name=registry["name"], version=registry["version"], label=label)
         if text.startswith("azureml:"):
             if not match:
                 raise ModelNotFoundError(

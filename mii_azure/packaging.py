@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -47,13 +48,13 @@ __all__ = [
     "worker_threads",
 ]
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_FILE = "mii_package.json"
 SCHEMA_VERSION = 1
 MODEL_LINK = "model"
 CPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
-#: Azure ML caps a managed online deployment's request timeout at 180 s.
-AZURE_MAX_REQUEST_TIMEOUT_MS = 180_000
 #: The runtime dependencies whose installed versions a manifest pins.
 PINNED_PACKAGES = (
     "torch",
@@ -162,9 +163,13 @@ class Package:
 
     @property
     def model_dir(self) -> Optional[Path]:
-        """The linked model folder, if the package links local weights."""
+        """The package's local weights: its ``model`` link, or (where no link could be made, as on
+        Windows without symlink rights) the folder the manifest references; None when neither exists."""
         link = self.path / MODEL_LINK
-        return link if link.exists() else None
+        if link.exists():
+            return link
+        referenced = self.manifest.model.linked_from
+        return Path(referenced) if referenced and Path(referenced).is_dir() else None
 
     def verify(self) -> None:
         """Raise PackageError unless every code file is present and matches its SHA-256."""
@@ -237,7 +242,7 @@ def package(
     ``output`` defaults to ``./<name>``; an existing non-empty folder is refused unless ``overwrite``.
     Plan ``overrides`` are the fields of :class:`mii_azure.planner.PlanOverrides`.
     """
-    from .skus import get_sku
+    from .sku_choice import choose_sku
 
     facts = model if isinstance(model, ModelFacts) else resolve_model(model)
     task_name = resolve_task(facts, task or (settings.task if settings else None))
@@ -246,8 +251,10 @@ def package(
         choices = PlanOverrides(**overrides)
     except ValidationError as exc:
         raise ConfigError(f"Invalid plan override: {exc}", overrides=overrides) from None
-    target = get_sku(sku).hardware if sku else hardware or Hardware.local()
-    plan = make_plan(facts, target, task=task_name, overrides=choices)
+    if sku:  # a deployable size: aliases pick the cheapest fit; unlisted or CUDA-incompatible sizes are refused
+        plan = choose_sku(facts, sku, task=task_name, overrides=choices).plan
+    else:
+        plan = make_plan(facts, hardware or Hardware.local(), task=task_name, overrides=choices)
     settings = (settings or ServingSettings()).model_copy(update={"deployment_name": name, "task": task_name})
     destination = Path(output or name).expanduser().resolve()
     _prepare_destination(destination, overwrite=overwrite)
@@ -329,7 +336,10 @@ def _link_model(staging: Path, facts: ModelFacts) -> Optional[str]:
     target = Path(facts.path).resolve()
     if not target.is_dir():
         raise InvalidModelError(f"Model folder {str(target)!r} is gone; cannot link it.", path=str(target))
-    (staging / MODEL_LINK).symlink_to(target, target_is_directory=True)
+    try:
+        (staging / MODEL_LINK).symlink_to(target, target_is_directory=True)
+    except OSError as exc:  # Windows without symlink rights, some network shares
+        logger.info("Could not link %s into the package (%s); the manifest references it instead.", target, exc)
     return str(target)
 
 
@@ -341,50 +351,12 @@ def _copy_data_file(name: str, destination: Path) -> None:
 
 
 def _write_azureml_specs(staging: Path, manifest: PackageManifest) -> None:
-    """endpoint.yml and deployment.yml in the Azure ML CLI v2 schemas."""
-    import yaml
+    """endpoint.yml and deployment.yml in the Azure ML CLI v2 schemas, under the package's own name
+    (a deployment writes them again under the names it is given)."""
+    from .azureml_specs import AzureNames, deployment_spec, write_specs
 
-    folder = staging / "azureml"
-    folder.mkdir()
-    endpoint = {
-        "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineEndpoint.schema.json",
-        "name": manifest.name,
-        "auth_mode": "key",
-    }
-    if manifest.model.source is ModelSource.AZUREML:
-        model: Any = f"azureml:{manifest.model.name}" + (
-            f":{manifest.model.version}" if manifest.model.version else f"@{manifest.model.label or 'latest'}"
-        )
-    else:
-        model = {"name": manifest.name, "path": f"../{MODEL_LINK}"}
-    settings = manifest.settings
-    plan = manifest.plan
-    variables = {
-        "MII_AZURE_DEPLOYMENT_NAME": manifest.name,
-        "MII_AZURE_TASK": manifest.task,
-        # One inference-server worker per model copy; each claims its own GPUs (mii_azure.runtime.replicas).
-        "WORKER_COUNT": str(plan.replicas),
-        # Threads let concurrent requests reach each copy's batcher (the server's workers are sync otherwise).
-        "GUNICORN_CMD_ARGS": f"--threads {worker_threads(plan)}",
-    }
-    deployment = {
-        "$schema": "https://azuremlschemas.azureedge.net/latest/managedOnlineDeployment.schema.json",
-        "name": "blue",
-        "endpoint_name": manifest.name,
-        "model": model,
-        "code_configuration": {"code": "..", "scoring_script": "score.py"},
-        "environment": {"image": manifest.image, "conda_file": f"../{manifest.conda_file}"},
-        "instance_type": manifest.plan.hardware.name if manifest.plan.hardware.kind == "gpu" else "Standard_DS3_v2",
-        "instance_count": 1,
-        "environment_variables": variables,
-        "request_settings": {
-            "request_timeout_ms": min(int(settings.request_timeout_s * 1000), AZURE_MAX_REQUEST_TIMEOUT_MS),
-            # Enough to fill every copy's batches.
-            "max_concurrent_requests_per_instance": max(1, plan.replicas * plan.max_batch_size),
-        },
-    }
-    (folder / "endpoint.yml").write_text(yaml.safe_dump(endpoint, sort_keys=False), encoding="utf-8")
-    (folder / "deployment.yml").write_text(yaml.safe_dump(deployment, sort_keys=False), encoding="utf-8")
+    spec = deployment_spec(manifest, AzureNames(manifest.name))
+    write_specs(staging, manifest, spec)
 
 
 def _pinned_versions() -> dict[str, str]:

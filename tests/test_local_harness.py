@@ -245,6 +245,10 @@ def test_a_moved_package_deploys(model_dirs, tmp_path):
     with mii_azure.deploy(moved, local=True) as deployment:
         assert deployment.name == "moved-pkg"
         assert deployment.query("a good day")["task"] == "text-classification"
+    # Names are chosen at deploy time: the same package serves under another name, which answers report.
+    with mii_azure.deploy(moved, local=True, name="renamed") as renamed:
+        assert renamed.name == "renamed" and renamed.query("a good day")["model"] == "renamed"
+        assert mii_azure.get_deployment("renamed").scoring_uri == renamed.scoring_uri
     with pytest.raises(ConfigError, match="deployed as it was built"):
         mii_azure.deploy(moved, local=True, max_batch_size=2)
 

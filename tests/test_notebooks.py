@@ -26,7 +26,7 @@ def run_notebook(path: Path) -> tuple[dict, str]:
 
 
 def test_every_notebook_has_a_test():
-    tested = {"01-deploy-locally.ipynb"}
+    tested = {"01-deploy-locally.ipynb", "02-deploy-to-azureml.ipynb"}
     assert {path.name for path in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -39,3 +39,17 @@ def test_deploy_locally(monkeypatch, tmp_path):
     assert "400 Unknown parameter 'max_new_tokens'" in printed
     assert namespace["similarity"][1] > namespace["similarity"][2]
     assert "minilm" not in [deployment.name for deployment in mii_azure.list_deployments()], "the notebook deletes it"
+
+
+def test_deploy_to_azureml_dry_run(monkeypatch, tmp_path):
+    """The Azure notebook runs without a workspace: the dry run writes YAML that azure-ai-ml reads back."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MII_AZURE_HOME", str(tmp_path / "home"))
+    namespace, printed = run_notebook(NOTEBOOKS / "02-deploy-to-azureml.ipynb")
+    run = namespace["run"]
+    assert run.package.path == (tmp_path / "minilm-package").resolve()
+    assert namespace["deployment"].instance_type == run.spec.instance_type == "Standard_NC4as_T4_v3"
+    assert namespace["endpoint"].name == "minilm-search"
+    assert "az ml online-deployment create -f" in printed and "--all-traffic" in printed
+    assert "strict=True" in printed and "SkuNotAvailableError" in printed
+    assert "hf_not_a_real_token" not in printed, "a literal secret is refused without being echoed"

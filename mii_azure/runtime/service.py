@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..config import ServingSettings
+from ..config import HUB_MODEL_ENV, ServingSettings
 from ..errors import (
     BadRequestError,
     ConfigError,
@@ -87,7 +87,11 @@ class ScoringService:
         """
         environ = os.environ if environ is None else environ
         bundle = _verified_package(package_dir) if package_dir is not None else None
-        model_dir = environ.get(MODEL_DIR_ENV) or (str(bundle.model_dir) if bundle and bundle.model_dir else None)
+        model_dir = (
+            environ.get(MODEL_DIR_ENV)
+            or _hub_model_dir(environ)
+            or (str(bundle.model_dir) if bundle and bundle.model_dir else None)
+        )
         if not model_dir:
             raise ConfigError(
                 f"{MODEL_DIR_ENV} is not set, so there is no model to serve. Start the server with "
@@ -315,3 +319,26 @@ def configure_logging(level: int = logging.INFO) -> None:
     package_logger.addHandler(handler)
     package_logger.setLevel(level)
     package_logger.propagate = False
+
+
+def _hub_model_dir(environ: Mapping[str, str]) -> Optional[str]:
+    """The local folder of the hub model ``MII_AZURE_HUB_MODEL`` names, downloaded now (or found in the
+    cache when ``HF_HUB_OFFLINE`` is set); None when no hub model is configured. A token for a gated
+    model comes from ``HF_TOKEN``, which a deployment sets from a workspace connection, never a literal."""
+    repo_id = environ.get(HUB_MODEL_ENV)
+    if not repo_id:
+        return None
+    from huggingface_hub import snapshot_download
+
+    logger.info("Fetching %s from the Hugging Face hub.", repo_id)
+    try:
+        return str(snapshot_download(repo_id, token=environ.get("HF_TOKEN") or None))
+    except Exception as exc:  # network, authentication, a gated or missing repository
+        from ..errors import ModelLoadError
+
+        raise ModelLoadError(
+            f"Could not fetch {repo_id!r} from the Hugging Face hub at start-up ({type(exc).__name__}: {exc}). If the "
+            "deployment has no outbound internet access, register the model in the workspace and deploy "
+            "'azureml:<name>:<version>' instead; a gated model needs HF_TOKEN from a workspace connection.",
+            model=repo_id,
+        ) from None

@@ -24,17 +24,13 @@ from typing import Callable, Optional
 from pydantic import BaseModel, ConfigDict
 
 from ..deployment import Deployment
-from ..errors import ConfigError, MiiAzureError
+from ..errors import ConfigError, DeploymentNotFoundError
 from ..packaging import Package, worker_threads
 from .server_process import LOOPBACK, InferenceServerProcess, free_port, port_is_free
 
 __all__ = ["LocalTarget", "DeploymentNotFoundError", "state_home", "STATE_HOME_ENV"]
 
 STATE_HOME_ENV = "MII_AZURE_HOME"
-
-
-class DeploymentNotFoundError(MiiAzureError):
-    """No running deployment has that name."""
 
 
 class LocalRecord(BaseModel):
@@ -71,15 +67,19 @@ class LocalTarget:
         self,
         bundle: Package,
         *,
+        name: Optional[str] = None,
         port: Optional[int] = None,
         grpc_port: Optional[int] = None,
         wait: bool = True,
         timeout_s: float = 600.0,
         progress: Optional[Callable[[str], None]] = None,
     ) -> Deployment:
-        """Start serving ``bundle``; with ``wait``, return once it answered a sample input."""
+        """Start serving ``bundle`` as ``name`` (default: the package's own name; responses report it as
+        their ``model``); with ``wait``, return once it answered a sample input."""
+        from ..packaging import check_name
+
         bundle.verify()
-        name = bundle.name
+        name = check_name(name or bundle.name)
         self.ensure_free(name)
         if bundle.model_dir is None:
             raise ConfigError(

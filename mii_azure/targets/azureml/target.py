@@ -1,0 +1,379 @@
+"""AzureMLTarget: deploy a package as an Azure ML managed online endpoint, find, query and delete it.
+
+Every Azure call goes through azure-ai-ml (the workspace's ``MLClient``) and is translated at the
+boundary (:mod:`.boundary`). A deployment runs in stages, each shown with its elapsed time:
+preflight (region and quota), model, environment, endpoint, deployment (provisioning until ready),
+traffic (100% for an endpoint's first deployment). The deployment's YAML is written into the
+package's ``azureml/`` folder and loaded back with azure-ai-ml's own loader before it is submitted,
+so what a dry run shows is what is deployed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Mapping, Optional
+
+from ...azureml_specs import AzureNames, DEFAULT_DEPLOYMENT, deployment_spec, expected_load_s, write_specs
+from ...deployment import Deployment
+from ...errors import ConfigError, DeploymentFailedError, DeploymentNotFoundError, MiiAzureError
+from ...models import ModelSource
+from ...packaging import Package
+from ...skus import Sku
+from .assets import environment_asset, model_asset
+from .boundary import azure_errors, scrub
+from .preflight import check_capacity, check_hub_access
+from .progress import ProgressLike, StageReporter, describe_wait
+from .workspace import Workspace
+
+__all__ = ["AzureMLTarget", "OnFailure", "DEFAULT_TIMEOUT_S"]
+
+logger = logging.getLogger(__name__)
+
+OnFailure = str  # "delete" | "keep"
+#: Building the image on first use takes most of a first deployment's time (20-40 min for a GPU image).
+DEFAULT_TIMEOUT_S = 3600.0
+_POLL_S = 5.0
+_LOG_LINES = 50
+_BILLING_NOTE = "A provisioned instance bills until it is deleted."
+
+
+class AzureMLTarget:
+    """Deploys packages to the managed online endpoints of one Azure ML workspace."""
+
+    name = "azureml"
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self.ml_client = workspace.ml_client
+
+    # --- deploy ------------------------------------------------------------------------------
+    def deploy(
+        self,
+        bundle: Package,
+        *,
+        endpoint: str,
+        deployment: str = DEFAULT_DEPLOYMENT,
+        sku: Optional[Sku] = None,
+        instance_count: int = 1,
+        auth_mode: str = "key",
+        request_timeout_s: Optional[float] = None,
+        environment_variables: Optional[Mapping[str, str]] = None,
+        on_failure: OnFailure = "delete",
+        timeout_s: Optional[float] = None,
+        progress: ProgressLike = True,
+        notes: tuple[str, ...] = (),
+    ) -> Deployment:
+        """Create (or update) ``endpoint``/``deployment`` serving ``bundle`` and wait until it is ready.
+
+        On a failure, a timeout or an interrupt (Ctrl-C), ``on_failure="delete"`` deletes what this call
+        created (the deployment, and the endpoint if it created it); ``"keep"`` leaves it for inspection.
+        """
+        if on_failure not in ("delete", "keep"):
+            raise ConfigError(f"on_failure={on_failure!r}: use 'delete' or 'keep'.", conflict="on_failure")
+        bundle.verify()
+        names = AzureNames(endpoint, deployment)
+        spec = deployment_spec(
+            bundle.manifest,
+            names,
+            instance_count=instance_count,
+            request_timeout_s=request_timeout_s,
+            environment_variables=dict(environment_variables or {}),
+        )
+        deadline = time.monotonic() + (timeout_s or DEFAULT_TIMEOUT_S)
+        created = _Created()
+        with StageReporter(progress, title=f"{endpoint}/{deployment}") as report:
+            for note in (*notes, *spec.notes):
+                report.note(note)
+            try:
+                with report.stage("preflight", f"{spec.instance_count} x {spec.instance_type} in the workspace's region"):
+                    capacity = check_capacity(self.ml_client, self.workspace.location, spec.instance_type, spec.instance_count, sku=sku)
+                    report.note(capacity.describe())
+                with report.stage("model", f"{bundle.manifest.model.reference}") as update:
+                    if bundle.manifest.model.source is ModelSource.HUB:
+                        check_hub_access(self.workspace.outbound_allowed_to, bundle.manifest.model.reference)
+                    model_id = model_asset(self.ml_client, bundle, asset_name=endpoint)
+                    update(model_id or f"fetched from the hub at start-up ({bundle.manifest.model.reference})")
+                with report.stage("environment", "serving image") as update:
+                    environment_id = environment_asset(self.ml_client, bundle)
+                    update(environment_id)
+                with report.stage("endpoint", endpoint) as update:
+                    first = self._ensure_endpoint(bundle, names, spec, auth_mode, created)
+                    update(f"{endpoint} ({'created' if created.endpoint else 'exists'})")
+                with report.stage("deployment", f"{deployment}: provisioning (expected load {describe_wait(expected_load_s(bundle.plan))})") as update:
+                    self._create_deployment(bundle, spec, auth_mode, model_id, environment_id, deadline, created, update)
+                with report.stage("traffic", endpoint) as update:
+                    if first:
+                        self._set_traffic(endpoint, {deployment: 100})
+                        update(f"100% to {deployment}")
+                    else:
+                        update(f"{deployment} takes no traffic yet; the endpoint's split is unchanged")
+            except KeyboardInterrupt:
+                message = self._clean_up(names, created, on_failure, why="interrupted")
+                logger.warning("Deployment %s/%s interrupted. %s", endpoint, deployment, message)
+                report.note(message)
+                raise
+            except DeploymentFailedError as exc:
+                message = self._clean_up(names, created, on_failure, why="failed")
+                raise DeploymentFailedError(f"{exc.message} {message}", **{**exc.facts, "kept": on_failure == "keep"}) from exc.__cause__
+            except MiiAzureError as exc:
+                if not (created.endpoint or created.deployment):
+                    raise
+                message = self._clean_up(names, created, on_failure, why="failed")
+                raise type(exc)(f"{exc.message} {message}", **exc.facts) from exc
+        return self._handle(endpoint, deployment, plan=bundle.plan)
+
+    def _ensure_endpoint(self, bundle: Package, names: AzureNames, spec: Any, auth_mode: str, created: "_Created") -> bool:
+        """Create the endpoint unless it exists; whether it has no deployment taking traffic yet."""
+        from azure.ai.ml import load_online_endpoint
+
+        existing = self._find_endpoint(names.endpoint)
+        if existing is not None:
+            return not any(share > 0 for share in (existing.traffic or {}).values())
+        endpoint_file, _ = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
+        entity = load_online_endpoint(source=endpoint_file)
+        with azure_errors(f"create the endpoint {names.endpoint}", endpoint=names.endpoint):
+            self.ml_client.online_endpoints.begin_create_or_update(entity).result()
+        created.endpoint = True
+        return True
+
+    def _create_deployment(
+        self,
+        bundle: Package,
+        spec: Any,
+        auth_mode: str,
+        model_id: Optional[str],
+        environment_id: str,
+        deadline: float,
+        created: "_Created",
+        update: Any,
+    ) -> None:
+        from azure.ai.ml import load_online_deployment
+
+        names = spec.names
+        _, deployment_file = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
+        entity = load_online_deployment(source=deployment_file)
+        entity.model = model_id
+        entity.environment = environment_id
+        entity.tags = {"mii_azure_task": bundle.manifest.task, "mii_azure_version": bundle.manifest.mii_azure_version}
+        try:
+            with azure_errors(f"create the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment):
+                poller = self.ml_client.online_deployments.begin_create_or_update(entity)
+            created.deployment = True
+            started = time.monotonic()
+            while not poller.done():
+                if time.monotonic() >= deadline:
+                    raise DeploymentFailedError(
+                        f"Deployment {names.endpoint}/{names.deployment} was not ready after "
+                        f"{describe_wait(time.monotonic() - started)}. Last log lines:\n{self._log_tail(names)}\n"
+                        "Check that the model loads within the probes' delay, the image built (Azure ML studio, "
+                        "the environment's build log), and the quota.",
+                        endpoint=names.endpoint,
+                        deployment=names.deployment,
+                        reason="timeout",
+                        logs=self._log_tail(names),
+                    )
+                poller.wait(timeout=min(_POLL_S, max(0.1, deadline - time.monotonic())))
+                update(f"{names.deployment}: provisioning ({describe_wait(time.monotonic() - started)})")
+            with azure_errors(f"provision the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment):
+                poller.result()
+        except MiiAzureError as exc:
+            if isinstance(exc, DeploymentFailedError):
+                raise
+            logs = self._log_tail(names)
+            raise DeploymentFailedError(
+                f"Deployment {names.endpoint}/{names.deployment} failed to provision: {exc.message}\n"
+                f"Last log lines:\n{logs}\nCheck the scoring script's start-up (the log above), the instance "
+                "type's quota and the environment's image build.",
+                endpoint=names.endpoint,
+                deployment=names.deployment,
+                reason="provisioning",
+                logs=logs,
+            ) from exc
+
+    def _clean_up(self, names: AzureNames, created: "_Created", on_failure: OnFailure, *, why: str) -> str:
+        """Apply ``on_failure`` to what this call created; the sentence that says what is left."""
+        if not (created.deployment or created.endpoint):
+            return "Nothing was created."
+        what = f"{names.endpoint}/{names.deployment}" if created.deployment else names.endpoint
+        if on_failure == "keep":
+            return (
+                f"The deployment was {why}; {what} is kept as it is for inspection. {_BILLING_NOTE} Delete it with "
+                f"mii_azure.get_deployment({names.endpoint!r}, deployment={names.deployment!r}, ml_client=...).delete()."
+            )
+        problems = []
+        try:
+            if created.endpoint:
+                self._delete_endpoint(names.endpoint)
+            elif created.deployment:
+                self._delete_deployment(names.endpoint, names.deployment)
+        except MiiAzureError as exc:
+            problems.append(exc.message)
+        if problems:
+            return (
+                f"Deleting {what} failed ({'; '.join(problems)}). {_BILLING_NOTE} Delete it in Azure ML studio or with "
+                f"`mii-azure delete {names.endpoint} --azure`."
+            )
+        return f"{what} was deleted (on_failure='delete'), so nothing is left that bills."
+
+    # --- find --------------------------------------------------------------------------------
+    def get(self, endpoint: str, deployment: Optional[str] = None) -> Deployment:
+        """The handle of ``endpoint``'s ``deployment`` (default: the one taking the most traffic)."""
+        found = self._find_endpoint(endpoint)
+        if found is None:
+            raise DeploymentNotFoundError(
+                f"No Azure ML endpoint named {endpoint!r} in workspace {self.workspace.name!r}. List them with "
+                "mii_azure.list_deployments(ml_client=...) or `mii-azure list --azure`.",
+                endpoint=endpoint,
+                workspace=self.workspace.name,
+            )
+        names = self._deployment_names(endpoint)
+        if deployment is None:
+            traffic = found.traffic or {}
+            ranked = sorted(names, key=lambda name: -int(traffic.get(name, 0)))
+            if not ranked:
+                raise DeploymentNotFoundError(f"Endpoint {endpoint!r} has no deployment.", endpoint=endpoint)
+            deployment = ranked[0]
+        elif deployment not in names:
+            raise DeploymentNotFoundError(
+                f"Endpoint {endpoint!r} has no deployment named {deployment!r} (it has: {', '.join(names) or 'none'}).",
+                endpoint=endpoint,
+                deployment=deployment,
+            )
+        return self._handle(endpoint, deployment, scoring_uri=found.scoring_uri)
+
+    def list(self) -> list[Deployment]:
+        """A handle per deployment of every endpoint of the workspace."""
+        with azure_errors("list the endpoints", workspace=self.workspace.name):
+            endpoints = list(self.ml_client.online_endpoints.list())
+        handles = []
+        for endpoint in endpoints:
+            for deployment in self._deployment_names(endpoint.name):
+                handles.append(self._handle(endpoint.name, deployment, scoring_uri=endpoint.scoring_uri))
+        return handles
+
+    # --- backend of the handles -------------------------------------------------------------
+    def logs(self, endpoint: str, deployment: str, lines: int = 50) -> str:
+        """The last ``lines`` lines of the deployment's inference-server log."""
+        with azure_errors(f"read the logs of {endpoint}/{deployment}", endpoint=endpoint, deployment=deployment):
+            return scrub(str(self.ml_client.online_deployments.get_logs(name=deployment, endpoint_name=endpoint, lines=lines)))
+
+    def delete(self, endpoint: str, deployment: Optional[str] = None) -> None:
+        """Delete ``deployment`` (and the endpoint once it has none left), or the whole endpoint."""
+        if deployment is None:
+            self._delete_endpoint(endpoint)
+            return
+        remaining = [name for name in self._deployment_names(endpoint) if name != deployment]
+        if not remaining:
+            self._delete_endpoint(endpoint)
+            return
+        self._delete_deployment(endpoint, deployment)
+
+    # --- internals ---------------------------------------------------------------------------
+    def _handle(self, endpoint: str, deployment: str, *, plan: Any = None, scoring_uri: Optional[str] = None) -> Deployment:
+        if scoring_uri is None:
+            found = self._find_endpoint(endpoint)
+            scoring_uri = found.scoring_uri if found is not None else None
+        if not scoring_uri:
+            raise DeploymentNotFoundError(f"Endpoint {endpoint!r} has no scoring URI yet.", endpoint=endpoint)
+        return Deployment(
+            endpoint,
+            target=self.name,
+            scoring_uri=scoring_uri,
+            backend=_BoundBackend(self, endpoint, deployment),
+            plan=plan,
+            endpoint=endpoint,
+            deployment=deployment,
+            auth=EndpointAuth(self.ml_client, endpoint),
+            timeout_s=200.0,
+        )
+
+    def _find_endpoint(self, endpoint: str) -> Any:
+        try:
+            with azure_errors(f"read the endpoint {endpoint}", endpoint=endpoint):
+                return self.ml_client.online_endpoints.get(endpoint)
+        except DeploymentNotFoundError:
+            return None
+
+    def _deployment_names(self, endpoint: str) -> list[str]:
+        with azure_errors(f"list the deployments of {endpoint}", endpoint=endpoint):
+            return sorted(item.name for item in self.ml_client.online_deployments.list(endpoint_name=endpoint))
+
+    def _set_traffic(self, endpoint: str, traffic: dict[str, int]) -> None:
+        with azure_errors(f"set the traffic of {endpoint}", endpoint=endpoint):
+            entity = self.ml_client.online_endpoints.get(endpoint)
+            entity.traffic = traffic
+            self.ml_client.online_endpoints.begin_create_or_update(entity).result()
+
+    def _delete_deployment(self, endpoint: str, deployment: str) -> None:
+        with azure_errors(f"delete the deployment {endpoint}/{deployment}", endpoint=endpoint, deployment=deployment):
+            self.ml_client.online_deployments.begin_delete(name=deployment, endpoint_name=endpoint).result()
+
+    def _delete_endpoint(self, endpoint: str) -> None:
+        with azure_errors(f"delete the endpoint {endpoint}", endpoint=endpoint):
+            self.ml_client.online_endpoints.begin_delete(name=endpoint).result()
+
+    def _log_tail(self, names: AzureNames) -> str:
+        try:
+            return self.logs(names.endpoint, names.deployment, _LOG_LINES) or "(the log is empty)"
+        except MiiAzureError as exc:
+            return f"(no logs: {exc.message})"
+
+
+class _Created:
+    """What one deploy() call created, for clean-up."""
+
+    def __init__(self) -> None:
+        self.endpoint = False
+        self.deployment = False
+
+
+class _BoundBackend:
+    """The handle's backend for one (endpoint, deployment)."""
+
+    def __init__(self, target: AzureMLTarget, endpoint: str, deployment: str) -> None:
+        self._target, self._endpoint, self._deployment = target, endpoint, deployment
+
+    def logs(self, name: str, lines: int) -> str:
+        return self._target.logs(self._endpoint, self._deployment, lines)
+
+    def delete(self, name: str) -> None:
+        self._target.delete(self._endpoint, self._deployment)
+
+
+class EndpointAuth:
+    """The ``Authorization`` header for an endpoint: its key (fetched once through azure-ai-ml), or an
+    Azure ML token (fetched again shortly before it expires). Its repr shows no secret."""
+
+    def __init__(self, ml_client: Any, endpoint: str) -> None:
+        self._ml_client = ml_client
+        self._endpoint = endpoint
+        self._lock = threading.Lock()
+        self._value: Optional[str] = None
+        self._expires_at = float("inf")
+
+    def __call__(self) -> Mapping[str, str]:
+        with self._lock:
+            if self._value is None or time.time() >= self._expires_at:
+                self._value, self._expires_at = self._fetch()
+            return {"Authorization": f"Bearer {self._value}"}
+
+    def _fetch(self) -> tuple[str, float]:
+        with azure_errors(f"get the keys of endpoint {self._endpoint}", endpoint=self._endpoint):
+            credentials = self._ml_client.online_endpoints.get_keys(self._endpoint)
+        key = getattr(credentials, "primary_key", None)
+        if key:
+            return str(key), float("inf")
+        token = getattr(credentials, "access_token", None)
+        if not token:
+            raise DeploymentNotFoundError(f"Endpoint {self._endpoint!r} returned no key or token.", endpoint=self._endpoint)
+        expiry = getattr(credentials, "expiry_time_utc", None)
+        try:
+            expires_at = float(expiry) - 60 if expiry else time.time() + 600
+        except (TypeError, ValueError):
+            expires_at = time.time() + 600
+        return str(token), expires_at
+
+    def __repr__(self) -> str:
+        return f"EndpointAuth(endpoint={self._endpoint!r})"

@@ -289,7 +289,8 @@ def package(
         )
         (staging / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         _write_azureml_specs(staging, manifest)
-        (staging / ".amlignore").write_text(f"{MODEL_LINK}\nazureml/\n__pycache__/\n", encoding="utf-8")
+        # Anchored (gitignore rules): an unanchored "azureml/" would also drop mii_azure/targets/azureml/.
+        (staging / ".amlignore").write_text(f"/{MODEL_LINK}\n/azureml/\n__pycache__/\n", encoding="utf-8")
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)

@@ -86,10 +86,18 @@ def _usage_for(usages: list[Any], family: Optional[str]) -> Any:
         return None
     wanted = quota_family_key(family)
     for usage in usages:
-        name = getattr(getattr(usage, "name", None), "value", None) or ""
+        name = _usage_name(getattr(usage, "name", None))
         if quota_family_key(name) == wanted:
             return usage
     return None
+
+
+def _usage_name(name: Any) -> str:
+    """A usage's family name: azure-ai-ml 1.35 leaves ``name`` a plain dict (``Usage._from_rest_object``
+    copies the REST object's ``as_dict()``), other versions a ``UsageName``."""
+    if isinstance(name, dict):
+        return str(name.get("value") or "")
+    return str(getattr(name, "value", None) or "")
 
 
 def _offered_alternatives(sizes: dict[str, Any]) -> str:

@@ -174,7 +174,8 @@ class AzureMLTarget:
                         reason="timeout",
                         logs=self._log_tail(names),
                     )
-                poller.wait(timeout=min(_POLL_S, max(0.1, deadline - time.monotonic())))
+                with azure_errors(f"provision the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment):
+                    poller.wait(timeout=min(_POLL_S, max(0.1, deadline - time.monotonic())))
                 update(f"{names.deployment}: provisioning ({describe_wait(time.monotonic() - started)})")
             with azure_errors(f"provision the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment):
                 poller.result()

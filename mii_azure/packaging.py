@@ -6,7 +6,9 @@ Layout of a package directory::
                           serving settings, pinned runtime versions, SHA-256 of every code file
     score.py, launch.py   the scoring script and its inference-server launcher
     mii_azure/            a snapshot of the runtime score.py imports (byte-for-byte what was tested)
-    environment/          conda.yml (pinned) for the serving image named in the manifest
+    environment/          the serving image's Docker build context (Dockerfile, pinned requirements.txt;
+                          GPU: CUDA matching torch's, DeepSpeed's ops built at image build) and the
+                          same pins as conda.yml for a local conda environment
     model                 a link to local weights (never a copy), when the model is local or cached
     azureml/              endpoint.yml and deployment.yml for `az ml online-endpoint/-deployment create -f`
     .amlignore            keeps the model link and azureml/ out of the code upload
@@ -36,6 +38,8 @@ from .errors import ConfigError, InvalidModelError, MiiAzureError
 from .hardware import Hardware
 from .models import ModelFacts, ModelSource, resolve_model, resolve_task
 from .planner import OptimizationPlan, PlanOverrides, make_plan
+from .serving_image import write_build_context
+from .skus import compute_capability
 
 __all__ = [
     "Package",
@@ -53,8 +57,6 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "mii_package.json"
 SCHEMA_VERSION = 1
 MODEL_LINK = "model"
-CPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
-GPU_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04:latest"
 #: The runtime dependencies whose installed versions a manifest pins.
 PINNED_PACKAGES = (
     "torch",
@@ -266,6 +268,10 @@ def package(
         conda_file = "environment/conda.yml"
         gpu = plan.hardware.kind == "gpu"
         _copy_data_file("serving-gpu.yml" if gpu else "serving-cpu.yml", staging / conda_file)
+        # The serving image's Docker build context: CUDA matching torch's, DeepSpeed's ops built for
+        # the size's GPUs at image build (see mii_azure.serving_image).
+        arches = [compute_capability(plan.hardware.gpu_model or "")] if gpu else []
+        image = write_build_context(staging / "environment", gpu=gpu, cuda_arch_list=arches)
         manifest = PackageManifest(
             schema_version=SCHEMA_VERSION,
             name=name,
@@ -282,7 +288,7 @@ def package(
             ),
             plan=plan,
             settings=settings,
-            image=GPU_IMAGE if gpu else CPU_IMAGE,
+            image=image.base_image,
             conda_file=conda_file,
             versions=_pinned_versions(),
             files=files,

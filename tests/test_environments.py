@@ -61,3 +61,26 @@ def test_oldest_stack_is_the_lower_end_of_each_range():
     for name in ("transformers", "diffusers"):
         lower = next(spec.version for spec in ranges[name].specifier if spec.operator == ">=")
         assert Version(oldest[name]) == Version(lower), name
+
+
+def test_serving_image_build_contexts_pin_what_the_tests_run(tmp_path):
+    """The Docker build contexts of mii_azure.serving_image: each pin is the tested version, except
+    the GPU-only packages a CPU test stack cannot hold (serving_image.GPU_ONLY_PINS, cuda-toolkit)."""
+    from mii_azure.serving_image import DEEPSPEED_VERSION, GPU_ONLY_PINS, write_build_context
+
+    tested = _pins(ROOT / "environments" / "constraints-dev.txt")
+    write_build_context(tmp_path / "gpu", gpu=True, cuda_arch_list=["8.0"])
+    write_build_context(tmp_path / "cpu", gpu=False)
+    for kind in ("gpu", "cpu"):
+        image = {
+            name: version.removesuffix("+cpu")
+            for name, version in _pins(tmp_path / kind / "requirements.txt").items()
+            if name not in GPU_ONLY_PINS
+        }
+        assert image and "torch" in image, kind
+        for name, version in image.items():
+            assert tested.get(name) == version, f"{kind} image: {name} {version}, tests {tested.get(name)}"
+    for name in GPU_ONLY_PINS:
+        assert name not in tested, f"{name} is tested now: pin it with the others in serving_image.SERVING_PINS"
+    assert DEEPSPEED_VERSION == tested["deepspeed"]
+    assert f"deepspeed=={tested['deepspeed']}" in (tmp_path / "gpu" / "Dockerfile").read_text()

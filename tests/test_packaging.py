@@ -66,7 +66,8 @@ def test_weights_are_linked_not_copied(gpt2_package, model_dirs):
     link = gpt2_package.path / "model"
     assert link.is_symlink() and link.resolve() == Path(model_dirs["gpt2"]).resolve()
     assert ".amlignore" in os.listdir(gpt2_package.path)
-    assert "model" in (gpt2_package.path / ".amlignore").read_text().split()
+    # Anchored to the package root: "azureml/" alone would also drop the runtime's targets/azureml/.
+    assert {"/model", "/azureml/"} <= set((gpt2_package.path / ".amlignore").read_text().split())
 
 
 def test_a_multi_gb_model_packages_as_fast_as_a_tiny_one(model_dirs, tmp_path):
@@ -156,7 +157,10 @@ def test_azure_ml_specs_load_with_azure_ai_ml(model_dirs, tmp_path, name):
     specs = bundle.path / "azureml"  # relative paths in the YAML are relative to its folder, as `az ml` reads them
     assert (specs / deployment.code_configuration.code).resolve() == bundle.path.resolve()
     assert (specs / deployment.model.path).resolve() == (bundle.path / "model").resolve()
-    assert deployment.environment.image == bundle.manifest.image
+    build = deployment.environment.build  # the serving image's Docker build context
+    assert (specs / build.path).resolve() == (bundle.path / "environment").resolve()
+    assert (bundle.path / "environment" / build.dockerfile_path).is_file()
+    assert (bundle.path / "environment" / "requirements.txt").is_file()
     assert deployment.environment_variables["MII_AZURE_TASK"] == bundle.manifest.task
     assert deployment.environment_variables["WORKER_COUNT"] == str(bundle.plan.replicas)
     assert deployment.request_settings.request_timeout_ms <= 180_000

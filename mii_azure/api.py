@@ -16,6 +16,7 @@ from .targets.local import LocalTarget, state_home
 
 if TYPE_CHECKING:
     from .targets.azureml.dry_run import DryRun
+    from .targets.azureml.poller import DeploymentPoller
     from .targets.azureml.workspace import Workspace
 
 __all__ = ["deploy", "get_deployment", "list_deployments", "mii_query_handle"]
@@ -54,7 +55,7 @@ def deploy(
     progress: Progress = None,
     settings: Optional[ServingSettings] = None,
     **overrides: Any,
-) -> Union[Deployment, "DryRun"]:
+) -> Union[Deployment, "DryRun", "DeploymentPoller"]:
     """Deploy ``model`` (a model reference, a package folder or a :class:`Package`).
 
     To Azure ML (the default): ``sku`` names the VM size (full name, alias such as ``"ND96"`` or
@@ -65,7 +66,8 @@ def deploy(
     until the deployment is ready, showing each stage (``progress=False`` for none); on a failure or
     Ctrl-C, ``on_failure="delete"`` removes what this call created, ``"keep"`` leaves it (it bills).
     ``dry_run=True`` writes the package and its YAML and returns the ``az ml`` commands, without a
-    workspace or network.
+    workspace or network. ``wait=False`` returns a :class:`DeploymentPoller` at once (``status()``,
+    ``done()``, ``result()``), like azure-ai-ml's ``begin_*`` operations.
 
     With ``local=True`` it runs on this machine through the same package, scoring script and
     inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC), as ``name``.
@@ -100,20 +102,36 @@ def deploy(
     from .targets.azureml import AzureMLTarget
 
     target = AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential))
-    return target.deploy(
-        bundle,
-        endpoint=endpoint_name,
-        deployment=deployment_name_,
-        sku=chosen,
-        instance_count=instance_count,
-        auth_mode=auth_mode,
-        request_timeout_s=request_timeout_s,
-        environment_variables=environment_variables,
-        on_failure=on_failure,
-        timeout_s=timeout_s,
-        progress=True if progress is None else progress,
-        notes=notes,
-    )
+
+    def run(report: Progress) -> Deployment:
+        return target.deploy(
+            bundle,
+            endpoint=endpoint_name,
+            deployment=deployment_name_,
+            sku=chosen,
+            instance_count=instance_count,
+            auth_mode=auth_mode,
+            request_timeout_s=request_timeout_s,
+            environment_variables=environment_variables,
+            on_failure=on_failure,
+            timeout_s=timeout_s,
+            progress=report,
+            notes=notes,
+        )
+
+    if wait:
+        return run(True if progress is None else progress)
+    from .targets.azureml.poller import DeploymentPoller
+
+    def background(track: Callable[[str], None]) -> Deployment:
+        def report(line: str) -> None:
+            track(line)
+            if callable(progress):
+                progress(line)
+
+        return run(report)
+
+    return DeploymentPoller(background, name=f"{endpoint_name}/{deployment_name_}")
 
 
 def get_deployment(

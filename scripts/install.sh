@@ -26,3 +26,13 @@ if [ "$DEEPSPEED" = 1 ] && ! "$VENV/bin/python" -c "import deepspeed" >/dev/null
     DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$CONSTRAINTS" deepspeed
 fi
 "$VENV/bin/python" -m pip check
+# The Azure Storage emulator the Azure tests upload to (tests/azure/azurite.py looks here). 3.35.0 is the
+# newest Azurite that runs on Node 20; a project-local folder keeps it out of the system.
+AZURITE_VERSION=${AZURITE_VERSION:-3.35.0}
+if [ ! -x .node/node_modules/.bin/azurite ]; then
+    if command -v npm >/dev/null 2>&1; then
+        npm install --no-audit --no-fund --silent --prefix .node "azurite@$AZURITE_VERSION"
+    else
+        echo "npm not found: the Azure tests (tests/azure) need Azurite; install Node.js 20+ and rerun." >&2
+    fi
+fi

@@ -9,8 +9,10 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.isfile(os.path.join(_HERE, "mii_azure", "__init__.py")) and _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+if os.path.isfile(os.path.join(_HERE, "mii_azure", "__init__.py")):
+    # The package's own snapshot comes first: azmlinfsrv puts its working directory (which may hold
+    # another mii_azure) at the front of sys.path and this folder only after it.
+    sys.path[:] = [_HERE] + [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
 
 from azureml_inference_server_http.api.aml_request import rawhttp  # noqa: E402
 from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402

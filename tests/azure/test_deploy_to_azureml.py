@@ -52,6 +52,13 @@ def test_the_full_cycle_through_the_real_sdk(azure_fake, azure_gpt2_dir):
     uploaded = azure_fake.blob_names()
     assert any(name.endswith("config.json") for name in uploaded) and any(name.endswith(".safetensors") for name in uploaded)
 
+    # The code upload is the package's code and runtime snapshot, without the weights a second time.
+    code_blobs = [name for container in azure_fake.containers() if container != azure_fake.datastore_container
+                  for name in azure_fake.blob_names(container)]
+    assert any(name.endswith("score.py") for name in code_blobs) and any(name.endswith("mii_package.json") for name in code_blobs)
+    assert any("targets/azureml/target.py" in name for name in code_blobs), "the whole runtime snapshot travels"
+    assert not any(name.endswith(".safetensors") for name in code_blobs), "the weights travel once, as the model"
+
     # What the SDK sent: instance type and count, probes, request settings, variables, auth, traffic.
     body = _deployment_puts(azure_fake)[-1].body["properties"]
     assert body["instanceType"] == INSTANCE_TYPE

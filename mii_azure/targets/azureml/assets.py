@@ -16,6 +16,10 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +27,7 @@ from ...models import ModelSource
 from ...packaging import Package
 from .boundary import azure_errors
 
-__all__ = ["model_asset", "environment_asset", "folder_digest", "CONTENT_TAG"]
+__all__ = ["model_asset", "environment_asset", "code_folder", "folder_digest", "CONTENT_TAG"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +107,27 @@ def environment_asset(ml_client: Any, bundle: Package) -> str:
     with azure_errors(f"register the environment {name}:{version}"):
         registered = ml_client.environments.create_or_update(entity)
     return f"azureml:{registered.name}:{registered.version}"
+
+
+@contextmanager
+def code_folder(bundle: Package) -> Iterator[Path]:
+    """The package's code as the deployment uploads it: everything but the model link and ``azureml/``,
+    copied to a temporary folder. (azure-ai-ml follows a linked folder and matches ignore patterns
+    against the resolved path, so no ``.amlignore`` entry keeps the weights out of an upload from the
+    package itself.) The copy is byte-for-byte what the manifest hashes; azure-ai-ml skips the upload
+    when the same content was uploaded before."""
+    staging = Path(tempfile.mkdtemp(prefix="mii-azure-code-"))
+    code = staging / bundle.path.name
+    try:
+        shutil.copytree(
+            bundle.path,
+            code,
+            ignore=lambda folder, names: [n for n in names if Path(folder) == bundle.path and n in ("model", "azureml")]
+            + [n for n in names if n == "__pycache__"],
+        )
+        yield code
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def folder_digest(folder: Path) -> str:

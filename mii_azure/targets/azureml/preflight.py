@@ -55,7 +55,7 @@ def check_capacity(ml_client: Any, location: str, instance_type: str, instance_c
             instance_type=instance_type,
             offered=sorted(sizes),
         )
-    vcpus = int(getattr(size, "v_cp_us", None) or (sku.vcpus if sku else 0))
+    vcpus = int(_field(size, "v_cp_us", "vCPUs") or (sku.vcpus if sku else 0))
     needed = required_vcpus(sku, instance_count) if sku is not None else vcpus * instance_count
     family = (sku.quota_family if sku is not None else None) or getattr(size, "family", None)
     with azure_errors("read the workspace's quota", location=location):
@@ -64,7 +64,7 @@ def check_capacity(ml_client: Any, location: str, instance_type: str, instance_c
     if usage is None:
         logger.info("No quota entry for %s in %s; Azure checks it when the deployment is created.", family, location)
         return Capacity(location, instance_type, family, needed, None, None)
-    used, limit = int(usage.current_value or 0), int(usage.limit or 0)
+    used, limit = int(_field(usage, "current_value", "currentValue") or 0), int(_field(usage, "limit", "limit") or 0)
     if used + needed > limit:
         raise QuotaExceededError(
             f"{instance_count} x {instance_type} needs {needed} vCPUs of the {family} quota in {location} "
@@ -90,6 +90,13 @@ def _usage_for(usages: list[Any], family: Optional[str]) -> Any:
         if quota_family_key(name) == wanted:
             return usage
     return None
+
+
+def _field(entity: Any, name: str, wire_name: str) -> Any:
+    """An attribute of a compute entity: azure-ai-ml 1.35's ``VmSize`` and ``Usage`` keep the REST JSON's
+    wire names (``vCPUs``, ``currentValue``) and leave the Python-named attribute None."""
+    value = getattr(entity, name, None)
+    return value if value is not None else vars(entity).get(wire_name)
 
 
 def _usage_name(name: Any) -> str:

@@ -21,7 +21,7 @@ from ...errors import ConfigError, DeploymentFailedError, DeploymentNotFoundErro
 from ...models import ModelSource
 from ...packaging import Package
 from ...skus import Sku
-from .assets import environment_asset, model_asset
+from .assets import code_folder, environment_asset, model_asset
 from .boundary import azure_errors, scrub
 from .preflight import check_capacity, check_hub_access
 from .progress import ProgressLike, StageReporter, describe_wait
@@ -158,7 +158,10 @@ class AzureMLTarget:
         entity.environment = environment_id
         entity.tags = {"mii_azure_task": bundle.manifest.task, "mii_azure_version": bundle.manifest.mii_azure_version}
         try:
-            with azure_errors(f"create the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment):
+            with code_folder(bundle) as code, azure_errors(
+                f"create the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment
+            ):
+                entity.code_configuration.code = str(code)
                 poller = self.ml_client.online_deployments.begin_create_or_update(entity)
             created.deployment = True
             started = time.monotonic()

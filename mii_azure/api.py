@@ -76,14 +76,36 @@ def deploy(
     """
     choices = {"task": task, "settings": settings, **overrides}
     if local:
-        if dry_run:
-            raise ConfigError("dry_run applies to Azure ML deployments; drop local=True.", conflict="dry_run")
+        azure_only = {
+            "dry_run": dry_run or None,
+            "deployment": deployment,
+            "ml_client": ml_client,
+            "subscription_id": subscription_id,
+            "resource_group": resource_group,
+            "workspace": workspace,
+            "credential": credential,
+            "instance_count": instance_count if instance_count != 1 else None,
+            "auth_mode": auth_mode if auth_mode != "key" else None,
+            "request_timeout_s": request_timeout_s,
+            "environment_variables": environment_variables,
+            "output": output,
+            "timeout_s": timeout_s,
+            "strict": strict or None,
+        }
+        given = sorted(key for key, value in azure_only.items() if value is not None)
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} apply to Azure ML deployments, not local ones; drop them or drop local=True.",
+                conflict=given[0],
+            )
         return _deploy_locally(model, name=endpoint or name, sku=sku, choices=choices, port=port, grpc_port=grpc_port, wait=wait, progress=progress)
     if port is not None or grpc_port is not None:
         raise ConfigError("port and grpc_port are for local deployments (local=True).", conflict="port")
+    deployment_name_ = _check_deployment_name(deployment or "blue")
+    if endpoint or name:
+        check_name(endpoint or name)
     bundle, sku_note, chosen = _package_for_azure(model, sku=sku, name=endpoint or name, strict=strict, output=output, choices=choices)
     endpoint_name = check_name(endpoint or name or bundle.name)
-    deployment_name_ = _check_deployment_name(deployment or "blue")
     from .azureml_specs import AzureNames
 
     notes = (sku_note,) if sku_note else ()

@@ -10,4 +10,5 @@ bash scripts/install.sh
 
 VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test \
     bash scripts/install.sh
-.venv-oldest/bin/python -m pytest -m "serving" "$@"
+# The Azure target's tests need azure-ai-ml, which is not part of the serving stack's version range.
+.venv-oldest/bin/python -m pytest -m "serving and not azure" "$@"

@@ -104,6 +104,9 @@ def test_azure_needs_a_sku_and_local_options_stay_local(model_dirs, home):
         mii_azure.deploy(model_dirs["gpt2"], endpoint="x-model", dry_run=True)
     with pytest.raises(ConfigError, match="local deployments"):
         mii_azure.deploy(model_dirs["gpt2"], sku="NC24ads", port=5000, dry_run=True)
+    with pytest.raises(ConfigError, match="apply to Azure ML deployments") as azure_only:
+        mii_azure.deploy(model_dirs["gpt2"], local=True, instance_count=2, dry_run=True)
+    assert azure_only.value.conflict == "dry_run" and "instance_count" in azure_only.value.message
 
 
 def test_without_symlinks_the_package_references_the_model_folder(model_dirs, home, tmp_path, monkeypatch):

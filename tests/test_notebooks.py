@@ -41,6 +41,7 @@ def test_deploy_locally(monkeypatch, tmp_path):
     assert "minilm" not in [deployment.name for deployment in mii_azure.list_deployments()], "the notebook deletes it"
 
 
+@pytest.mark.azure  # needs azure-ai-ml, which the oldest-stack serving run does not install
 def test_deploy_to_azureml_dry_run(monkeypatch, tmp_path):
     """The Azure notebook runs without a workspace: the dry run writes YAML that azure-ai-ml reads back."""
     monkeypatch.chdir(tmp_path)

@@ -18,7 +18,7 @@ from mii_azure.errors import (
     WorkspaceNotConfiguredError,
 )
 
-pytestmark = pytest.mark.serving
+pytestmark = pytest.mark.azure
 
 SKU = "NC24ads"
 INSTANCE_TYPE = "Standard_NC24ads_A100_v4"
@@ -289,4 +289,9 @@ def test_token_auth_and_deploying_onto_an_existing_deployment_updates_it(azure_f
     assert len(puts) == 2
     assert puts[-1].body["properties"]["requestSettings"]["maxConcurrentRequestsPerInstance"] == 8 * updated.plan.replicas
     assert updated.query("DeepSpeed is", max_new_tokens=2)["responses"][0]["num_tokens"] == 2
+    # A failed update never deletes the deployment that was there before it.
+    azure_fake.state.fail_next_deployment("ResourceNotReady: the new version crashed")
+    with pytest.raises(DeploymentFailedError, match="existed before this call and is not deleted"):
+        mii_azure.deploy(azure_gpt2_dir, sku=SKU, ml_client=azure_fake.ml_client, endpoint="tokens", progress=False, auth_mode="aml_token")
+    assert not azure_fake.state.requests_to("DELETE", r"/onlineEndpoints/tokens"), "nothing was deleted"
     updated.delete()

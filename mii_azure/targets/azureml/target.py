@@ -118,7 +118,7 @@ class AzureMLTarget:
                 message = self._clean_up(names, created, on_failure, why="failed")
                 raise DeploymentFailedError(f"{exc.message} {message}", **{**exc.facts, "kept": on_failure == "keep"}) from exc.__cause__
             except MiiAzureError as exc:
-                if not (created.endpoint or created.deployment):
+                if not (created.endpoint or created.deployment or created.updated):
                     raise
                 message = self._clean_up(names, created, on_failure, why="failed")
                 raise type(exc)(f"{exc.message} {message}", **exc.facts) from exc
@@ -157,13 +157,16 @@ class AzureMLTarget:
         entity.model = model_id
         entity.environment = environment_id
         entity.tags = {"mii_azure_task": bundle.manifest.task, "mii_azure_version": bundle.manifest.mii_azure_version}
+        existed = not created.endpoint and names.deployment in self._deployment_names(names.endpoint)
         try:
             with code_folder(bundle) as code, azure_errors(
                 f"create the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment
             ):
                 entity.code_configuration.code = str(code)
                 poller = self.ml_client.online_deployments.begin_create_or_update(entity)
-            created.deployment = True
+            # An update of an existing deployment is never deleted on failure: only what this call made.
+            created.deployment = not existed
+            created.updated = existed
             started = time.monotonic()
             while not poller.done():
                 if time.monotonic() >= deadline:
@@ -198,6 +201,12 @@ class AzureMLTarget:
 
     def _clean_up(self, names: AzureNames, created: "_Created", on_failure: OnFailure, *, why: str) -> str:
         """Apply ``on_failure`` to what this call created; the sentence that says what is left."""
+        if created.updated:
+            return (
+                f"{names.endpoint}/{names.deployment} existed before this call and is not deleted: check its state in "
+                f"Azure ML studio, deploy again, or delete it with `mii-azure delete {names.endpoint} --azure "
+                f"--deployment {names.deployment}`. {_BILLING_NOTE}"
+            )
         if not (created.deployment or created.endpoint):
             return "Nothing was created."
         what = f"{names.endpoint}/{names.deployment}" if created.deployment else names.endpoint
@@ -331,6 +340,7 @@ class _Created:
     def __init__(self) -> None:
         self.endpoint = False
         self.deployment = False
+        self.updated = False
 
 
 class _BoundBackend:

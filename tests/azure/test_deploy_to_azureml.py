@@ -229,8 +229,11 @@ def test_the_cli_verbs_against_the_workspace(managed_identity, azure_gpt2_dir, c
     nested = tmp_path / "project" / "notebooks"
     nested.mkdir()
     monkeypatch.chdir(nested)  # config.json is searched upwards
-    dep = mii_azure.deploy(azure_gpt2_dir, sku=SKU, ml_client=fake.ml_client, endpoint="cli-chat", progress=False, max_batch_size=4)
-    capsys.readouterr()
+    assert main(["deploy", str(azure_gpt2_dir), "--sku", SKU, "--endpoint", "cli-chat"]) == 0
+    shown = capsys.readouterr().out
+    for stage in ("preflight", "model", "environment", "endpoint", "deployment", "traffic"):
+        assert stage in shown, "the rich display names every stage"
+    assert "cli-chat/blue: on Azure ML" in shown
     assert main(["list", "--azure", "--json"]) == 0
     assert [(d["name"], d["deployment"]) for d in json.loads(capsys.readouterr().out)] == [("cli-chat", "blue")]
     assert main(["query", "cli-chat", '{"query": ["DeepSpeed is"], "parameters": {"max_new_tokens": 3}}', "--azure"]) == 0
@@ -248,7 +251,6 @@ def test_the_cli_verbs_against_the_workspace(managed_identity, azure_gpt2_dir, c
     assert "cli-chat" not in fake.state.endpoints
     assert main(["delete", "cli-chat", "--azure"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    del dep
 
 
 def test_the_cli_dry_run_needs_no_workspace(azure_gpt2_dir, capsys, tmp_path, monkeypatch):

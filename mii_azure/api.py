@@ -49,6 +49,9 @@ def deploy(
     output: Optional[Union[str, "os.PathLike[str]"]] = None,
     on_failure: str = "delete",
     timeout_s: Optional[float] = None,
+    traffic: Optional[int] = None,
+    mirror_traffic: Optional[int] = None,
+    max_usd_per_hour: Optional[float] = None,
     port: Optional[int] = None,
     grpc_port: Optional[int] = None,
     wait: bool = True,
@@ -67,7 +70,10 @@ def deploy(
     Ctrl-C, ``on_failure="delete"`` removes what this call created, ``"keep"`` leaves it (it bills).
     ``dry_run=True`` writes the package and its YAML and returns the ``az ml`` commands, without a
     workspace or network. ``wait=False`` returns a :class:`DeploymentPoller` at once (``status()``,
-    ``done()``, ``result()``), like azure-ai-ml's ``begin_*`` operations.
+    ``done()``, ``result()``), like azure-ai-ml's ``begin_*`` operations. On an endpoint that already
+    serves, ``traffic`` is the new deployment's share (the others scaled in proportion; default 0) and
+    ``mirror_traffic`` a share of live traffic copied to it; ``max_usd_per_hour`` refuses, before anything
+    is created, instances that would bill more.
 
     With ``local=True`` it runs on this machine through the same package, scoring script and
     inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC), as ``name``.
@@ -91,6 +97,9 @@ def deploy(
             "output": output,
             "timeout_s": timeout_s,
             "strict": strict or None,
+            "traffic": traffic,
+            "mirror_traffic": mirror_traffic,
+            "max_usd_per_hour": max_usd_per_hour,
         }
         given = sorted(key for key, value in azure_only.items() if value is not None)
         if given:
@@ -139,6 +148,9 @@ def deploy(
             timeout_s=timeout_s,
             progress=report,
             notes=notes,
+            traffic=traffic,
+            mirror_traffic=mirror_traffic,
+            max_usd_per_hour=max_usd_per_hour,
         )
 
     if wait:

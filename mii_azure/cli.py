@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--strict", action="store_true", help="refuse an alias that matches several sizes")
     deploy.add_argument("--on-failure", choices=("delete", "keep"), default="delete", help="what a failed deployment leaves")
     deploy.add_argument("--dry-run", action="store_true", help="write the package and its YAML, print the az ml commands")
+    deploy.add_argument("--traffic", type=int, help="percent of an existing endpoint's traffic for the new deployment")
+    deploy.add_argument("--mirror-traffic", type=int, help="percent of live traffic copied to the new deployment")
+    deploy.add_argument("--max-usd-per-hour", type=float, help="refuse instances that would bill more an hour")
     deploy.add_argument("--output", help="package folder for --dry-run (default: under $MII_AZURE_HOME)")
     deploy.add_argument("--port", type=int, help="HTTP port, local (default: a free one)")
     deploy.add_argument("--grpc-port", type=int, help="gRPC port, local (default: a free one)")
@@ -112,6 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--lines", type=int, default=50)
     _add_workspace_arguments(logs, deployment=True)
     logs.set_defaults(handler=_logs)
+
+    traffic = commands.add_parser("set-traffic", help="move an Azure ML endpoint's traffic (or roll the last move back)")
+    traffic.add_argument("name", help="endpoint name")
+    traffic.add_argument("deployment", nargs="?", help="deployment that gets PERCENT (the others scale in proportion)")
+    traffic.add_argument("percent", nargs="?", type=int, help="its share, 0-100")
+    traffic.add_argument("--mirror", action="store_true", help="set its mirrored (shadow) share instead")
+    traffic.add_argument("--rollback", action="store_true", help="restore the split before the last change")
+    _add_workspace_arguments(traffic, with_flag=False)
+    traffic.set_defaults(handler=_set_traffic)
 
     delete = commands.add_parser("delete", help="stop a deployment (local: in-flight requests finish; --azure: the endpoint)")
     delete.add_argument("name", help="deployment name (local) or endpoint name (--azure)")
@@ -281,6 +293,9 @@ def _deploy(args: argparse.Namespace) -> int:
         output=args.output,
         on_failure=args.on_failure,
         progress=not args.json,
+        traffic=args.traffic,
+        mirror_traffic=args.mirror_traffic,
+        max_usd_per_hour=args.max_usd_per_hour,
         replicas=args.replicas,
     )
     if args.dry_run:
@@ -309,8 +324,41 @@ def _print_deployment(deployment: Any, *, as_json: bool) -> None:
         return
     if deployment.target == "local":
         print(f"{info['name']}: {info['task']} on {info['target']}  HTTP {info['scoring_uri']}  gRPC {info['grpc_target']}")
-    else:
+        return
+    details = deployment.details
+    if not details:
         print(f"{info['name']}/{info['deployment']}: on Azure ML  {info['scoring_uri']}")
+        return
+    price = f"${details['usd_per_hour']:,.2f}/h" if details.get("usd_per_hour") is not None else "unpriced"
+    age = _age(details.get("age_s"))
+    mirror = f" (+{details['mirror_traffic']}% mirrored)" if details.get("mirror_traffic") else ""
+    print(
+        f"{info['name']}/{info['deployment']}: {details['instance_count']} x {details['instance_type']}  "
+        f"traffic {details['traffic']}%{mirror}  {price}  age {age}  {info['scoring_uri']}"
+    )
+
+
+def _age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m"
+
+
+def _set_traffic(args: argparse.Namespace) -> int:
+    from .targets.azureml import AzureMLTarget, connect
+
+    target = AzureMLTarget(connect(subscription_id=args.subscription_id, resource_group=args.resource_group, workspace=args.workspace))
+    if args.rollback:
+        split = target.rollback_traffic(args.name)
+    elif args.deployment is None or args.percent is None:
+        raise MiiAzureError("Give DEPLOYMENT and PERCENT (e.g. `mii-azure set-traffic chat green 100`), or --rollback.")
+    else:
+        split = target.set_traffic(args.name, args.deployment, args.percent, mirror=args.mirror)
+    from .targets.azureml.traffic import describe_split
+
+    print(f"{args.name}: {describe_split(split)}{' mirrored' if args.mirror else ''}")
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -320,7 +368,7 @@ def _list(args: argparse.Namespace) -> int:
     deployments = list_deployments(**options)
     if args.json:
         print(json.dumps([{"name": d.name, "deployment": d.deployment, "target": d.target, "scoring_uri": d.scoring_uri,
-                           "grpc_target": d.grpc_target} for d in deployments]))
+                           "grpc_target": d.grpc_target, **d.details} for d in deployments]))
     elif not deployments:
         print("No Azure ML endpoints in the workspace." if options else "No local deployments are running.")
     for deployment in [] if args.json else deployments:
@@ -367,8 +415,15 @@ def _delete(args: argparse.Namespace) -> int:
     from .targets.azureml import AzureMLTarget, connect
 
     options.pop("azure", None)
-    AzureMLTarget(connect(**options)).delete(args.name, args.deployment)
-    print(f"Deleted {args.name}/{args.deployment}." if args.deployment else f"Deleted endpoint {args.name} and its deployments.")
+    target = AzureMLTarget(connect(**options))
+    running = [d for d in target.list() if d.name == args.name and (args.deployment is None or d.deployment == args.deployment)]
+    target.delete(args.name, args.deployment)
+    hourly = [d.details.get("usd_per_hour") for d in running]
+    sizes = ", ".join("{} x {}".format(d.details.get("instance_count"), d.details.get("instance_type")) for d in running)
+    price = f" (${sum(hourly):,.2f}/h)" if hourly and None not in hourly else ""
+    stops = f"; stops billing {sizes}{price}" if running else ""
+    what = f"{args.name}/{args.deployment}" if args.deployment else f"endpoint {args.name} and its deployments"
+    print(f"Deleted {what}{stops}.")
     return 0
 
 

@@ -171,6 +171,7 @@ class Deployment:
         deployment: Optional[str] = None,
         auth: Optional[AuthProvider] = None,
         retries: Union[Retries, int, None] = None,
+        details: Optional[Mapping[str, Any]] = None,
     ) -> None:
         self.name = name
         self.target = target
@@ -179,6 +180,8 @@ class Deployment:
         self.plan = plan
         self.endpoint = endpoint
         self.deployment = deployment
+        #: What the target knows about the deployment (Azure ML: instance type and count, traffic, $/h, age).
+        self.details: dict[str, Any] = dict(details or {})
         self.timeout_s = timeout_s
         self.retries = _retries(retries)
         self._backend = backend
@@ -371,6 +374,31 @@ class Deployment:
         """Stop the deployment (in-flight requests finish first) and forget it."""
         self.close()
         self._backend.delete(self.name)
+
+    # --- Azure ML endpoints: traffic ------------------------------------------------------------
+    def set_traffic(self, percent: int) -> dict[str, int]:
+        """Give this deployment ``percent`` of its endpoint's traffic; the others are scaled in proportion.
+        Returns the new split; the previous one is kept for :meth:`rollback_traffic`."""
+        return self._traffic_backend("set_traffic")(self.name, percent)
+
+    def mirror_traffic(self, percent: int) -> dict[str, int]:
+        """Copy ``percent`` of the endpoint's live traffic to this deployment (shadow testing; its answers
+        are dropped). 0 stops mirroring. Returns the endpoint's mirror split."""
+        return self._traffic_backend("mirror_traffic")(self.name, percent)
+
+    def rollback_traffic(self) -> dict[str, int]:
+        """Restore the endpoint's split from before the last change mii_azure made; returns it."""
+        return self._traffic_backend("rollback_traffic")(self.name)
+
+    def _traffic_backend(self, operation: str) -> Callable[..., dict[str, int]]:
+        method = getattr(self._backend, operation, None)
+        if method is None:
+            raise ConfigError(
+                f"{operation} applies to deployments of Azure ML endpoints; the {self.target} deployment "
+                f"{self.name!r} takes all of its own requests.",
+                conflict=operation,
+            )
+        return method
 
     def close(self) -> None:
         """Close the handle's idle connections (the deployment keeps running; queries reopen them)."""

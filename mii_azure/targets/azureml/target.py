@@ -16,6 +16,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from ...azureml_specs import AzureNames, DEFAULT_DEPLOYMENT, deployment_spec, expected_load_s, write_specs
+from ...config import HUB_MODEL_ENV
 from ...deployment import Deployment
 from ...errors import ConfigError, DeploymentFailedError, DeploymentNotFoundError, MiiAzureError
 from ...models import ModelSource
@@ -25,6 +26,8 @@ from .assets import code_folder, environment_asset, model_asset
 from .boundary import azure_errors, scrub
 from .preflight import check_capacity, check_hub_access
 from .progress import ProgressLike, StageReporter, describe_wait
+from .spend import check_spend, deployment_details, describe_billing, hourly_cost
+from .traffic import PREVIOUS_TRAFFIC_TAG, check_split, decode_split, describe_split, encode_split, with_share
 from .workspace import Workspace
 
 __all__ = ["AzureMLTarget", "OnFailure", "DEFAULT_TIMEOUT_S"]
@@ -64,11 +67,18 @@ class AzureMLTarget:
         timeout_s: Optional[float] = None,
         progress: ProgressLike = True,
         notes: tuple[str, ...] = (),
+        traffic: Optional[int] = None,
+        mirror_traffic: Optional[int] = None,
+        max_usd_per_hour: Optional[float] = None,
     ) -> Deployment:
         """Create (or update) ``endpoint``/``deployment`` serving ``bundle`` and wait until it is ready.
 
         On a failure, a timeout or an interrupt (Ctrl-C), ``on_failure="delete"`` deletes what this call
         created (the deployment, and the endpoint if it created it); ``"keep"`` leaves it for inspection.
+        ``traffic`` is the new deployment's share of an existing endpoint's traffic (the others are
+        scaled in proportion; default 0, and 100 for an endpoint's first deployment); ``mirror_traffic``
+        copies that share of live traffic to it instead. ``max_usd_per_hour`` refuses, before anything is
+        created, a deployment whose instances would bill more per hour.
         """
         if on_failure not in ("delete", "keep"):
             raise ConfigError(f"on_failure={on_failure!r}: use 'delete' or 'keep'.", conflict="on_failure")
@@ -81,13 +91,17 @@ class AzureMLTarget:
             request_timeout_s=request_timeout_s,
             environment_variables=dict(environment_variables or {}),
         )
+        billing = hourly_cost(sku, spec.instance_count, spec.instance_type)
+        check_spend(billing, max_usd_per_hour)
         deadline = time.monotonic() + (timeout_s or DEFAULT_TIMEOUT_S)
         created = _Created()
         with StageReporter(progress, title=f"{endpoint}/{deployment}") as report:
             for note in (*notes, *spec.notes):
                 report.note(note)
+            report.note(describe_billing(billing))
             try:
                 with report.stage("preflight", f"{spec.instance_count} x {spec.instance_type} in the workspace's region"):
+                    self._check_traffic_request(endpoint, deployment, traffic, mirror_traffic)
                     capacity = check_capacity(self.ml_client, self.workspace.location, spec.instance_type, spec.instance_count, sku=sku)
                     report.note(capacity.describe())
                 with report.stage("model", f"{bundle.manifest.model.reference}") as update:
@@ -107,8 +121,12 @@ class AzureMLTarget:
                     if first:
                         self._set_traffic(endpoint, {deployment: 100})
                         update(f"100% to {deployment}")
+                    elif traffic:
+                        update(describe_split(self.set_traffic(endpoint, deployment, traffic)))
                     else:
-                        update(f"{deployment} takes no traffic yet; the endpoint's split is unchanged")
+                        update(f"{deployment} takes no live traffic; the endpoint's split is unchanged")
+                    if mirror_traffic:
+                        update(f"{describe_split(self.set_traffic(endpoint, deployment, mirror_traffic, mirror=True))} mirrored")
             except KeyboardInterrupt:
                 message = self._clean_up(names, created, on_failure, why="interrupted")
                 logger.warning("Deployment %s/%s interrupted. %s", endpoint, deployment, message)
@@ -158,6 +176,8 @@ class AzureMLTarget:
         entity.environment = environment_id
         entity.tags = {"mii_azure_task": bundle.manifest.task, "mii_azure_version": bundle.manifest.mii_azure_version}
         existed = not created.endpoint and names.deployment in self._deployment_names(names.endpoint)
+        if existed:
+            self._check_same_model(names, model_id, bundle)
         try:
             with code_folder(bundle) as code, azure_errors(
                 f"create the deployment {names.deployment}", endpoint=names.endpoint, deployment=names.deployment
@@ -230,6 +250,102 @@ class AzureMLTarget:
             )
         return f"{what} was deleted (on_failure='delete'), so nothing is left that bills."
 
+    # --- traffic -----------------------------------------------------------------------------
+    def set_traffic(self, endpoint: str, deployment: str, percent: int, *, mirror: bool = False) -> dict[str, int]:
+        """Give ``deployment`` ``percent`` of ``endpoint``'s live traffic (the others scaled in proportion),
+        or with ``mirror`` of its mirrored traffic; the previous live split is kept for a roll-back."""
+        with azure_errors(f"read the endpoint {endpoint}", endpoint=endpoint):
+            entity = self.ml_client.online_endpoints.get(endpoint)
+        live = {name: int(share) for name, share in (entity.traffic or {}).items()}
+        names = self._deployment_names(endpoint)
+        if deployment not in names:
+            raise DeploymentNotFoundError(f"Endpoint {endpoint!r} has no deployment {deployment!r}.", endpoint=endpoint, deployment=deployment)
+        if mirror:
+            check_mirror(live, deployment, percent)
+            mirrored = {name: int(share) for name, share in (entity.mirror_traffic or {}).items() if name != deployment}
+            entity.mirror_traffic = {**mirrored, **({deployment: int(percent)} if percent else {})}
+            with azure_errors(f"mirror traffic of {endpoint} to {deployment}", endpoint=endpoint):
+                self.ml_client.online_endpoints.begin_create_or_update(entity).result()
+            return dict(entity.mirror_traffic)
+        mirrored = int((entity.mirror_traffic or {}).get(deployment, 0) or 0)
+        if mirrored and percent:
+            raise ConfigError(
+                f"{deployment} receives {mirrored}% mirrored traffic; a deployment cannot take live and mirrored "
+                f"traffic at once. Stop the mirror first (mirror_traffic(0)).",
+                conflict="traffic",
+            )
+        split = check_split(with_share({name: live.get(name, 0) for name in names}, deployment, percent), names)
+        self._apply_split(entity, endpoint, split, previous=live)
+        return split
+
+    def set_split(self, endpoint: str, split: Mapping[str, int]) -> dict[str, int]:
+        """Set ``endpoint``'s whole live split (it must add up to 100)."""
+        shares = check_split(split, self._deployment_names(endpoint))
+        with azure_errors(f"read the endpoint {endpoint}", endpoint=endpoint):
+            entity = self.ml_client.online_endpoints.get(endpoint)
+        self._apply_split(entity, endpoint, shares, previous={k: int(v) for k, v in (entity.traffic or {}).items()})
+        return shares
+
+    def rollback_traffic(self, endpoint: str) -> dict[str, int]:
+        """Restore the live split from before the last change mii_azure made to ``endpoint``."""
+        with azure_errors(f"read the endpoint {endpoint}", endpoint=endpoint):
+            entity = self.ml_client.online_endpoints.get(endpoint)
+        previous = decode_split((entity.tags or {}).get(PREVIOUS_TRAFFIC_TAG))
+        if previous is None:
+            raise ConfigError(
+                f"Endpoint {endpoint!r} has no earlier split recorded by mii_azure to roll back to.",
+                conflict="rollback",
+                endpoint=endpoint,
+            )
+        names = self._deployment_names(endpoint)
+        restored = check_split({name: share for name, share in previous.items() if name in names}, names)
+        self._apply_split(entity, endpoint, restored, previous={k: int(v) for k, v in (entity.traffic or {}).items()})
+        return restored
+
+    def _apply_split(self, entity: Any, endpoint: str, split: dict[str, int], *, previous: dict[str, int]) -> None:
+        entity.traffic = dict(split)
+        entity.tags = {**(entity.tags or {}), PREVIOUS_TRAFFIC_TAG: encode_split({k: v for k, v in previous.items() if v})}
+        with azure_errors(f"set the traffic of {endpoint} to {describe_split(split)}", endpoint=endpoint):
+            self.ml_client.online_endpoints.begin_create_or_update(entity).result()
+
+    def _check_traffic_request(self, endpoint: str, deployment: str, traffic: Optional[int], mirror: Optional[int]) -> None:
+        """Refuse, before anything is created, traffic that cannot work."""
+        if traffic is not None and not 0 <= traffic <= 100:
+            raise ConfigError(f"traffic={traffic}: a share is 0 to 100 percent.", conflict="traffic", nearest=max(0, min(100, traffic)))
+        if traffic and mirror:
+            raise ConfigError("A deployment takes live traffic or mirrored traffic, not both; pass one of traffic= and mirror_traffic=.", conflict="traffic")
+        existing = self._find_endpoint(endpoint)
+        if existing is None or not any(share > 0 for share in (existing.traffic or {}).values()):
+            if traffic not in (None, 100):
+                raise ConfigError(
+                    f"{deployment} is the first deployment of {endpoint!r} to take traffic, so it takes all of it; "
+                    f"traffic={traffic} would leave {100 - traffic}% to nobody. Use traffic=100 (or leave it out).",
+                    conflict="traffic",
+                    nearest=100,
+                )
+            if mirror:
+                raise ConfigError(
+                    f"Nothing serves {endpoint!r} yet, so there is no live traffic to mirror to {deployment}.",
+                    conflict="mirror_traffic",
+                )
+        elif mirror:
+            check_mirror({}, deployment, mirror)
+
+    def _check_same_model(self, names: AzureNames, model_id: Optional[str], bundle: Package) -> None:
+        with azure_errors(f"read the deployment {names.endpoint}/{names.deployment}", endpoint=names.endpoint):
+            current = self.ml_client.online_deployments.get(name=names.deployment, endpoint_name=names.endpoint)
+        before = _model_key(getattr(current, "model", None)) or (current.environment_variables or {}).get(HUB_MODEL_ENV)
+        after = _model_key(model_id) or bundle.manifest.model.reference
+        if before and after and before != after:
+            raise ConfigError(
+                f"Deployment {names.endpoint}/{names.deployment} serves {before}, not {after}. Deploy the new model as "
+                f"another deployment (deployment='green', traffic=10) and move traffic to it, or delete "
+                f"{names.deployment} first.",
+                conflict="deployment",
+                current_model=before,
+                new_model=after,
+            )
+
     # --- find --------------------------------------------------------------------------------
     def get(self, endpoint: str, deployment: Optional[str] = None) -> Deployment:
         """The handle of ``endpoint``'s ``deployment`` (default: the one taking the most traffic)."""
@@ -254,17 +370,28 @@ class AzureMLTarget:
                 endpoint=endpoint,
                 deployment=deployment,
             )
-        return self._handle(endpoint, deployment, scoring_uri=found.scoring_uri)
+        return self._handle(endpoint, deployment, scoring_uri=found.scoring_uri, details=self._details(found, deployment))
 
     def list(self) -> list[Deployment]:
-        """A handle per deployment of every endpoint of the workspace."""
+        """A handle per deployment of every endpoint of the workspace, each with its ``details``: instance
+        type and count, traffic and mirrored share, $/h while it runs, and age."""
         with azure_errors("list the endpoints", workspace=self.workspace.name):
             endpoints = list(self.ml_client.online_endpoints.list())
         handles = []
         for endpoint in endpoints:
-            for deployment in self._deployment_names(endpoint.name):
-                handles.append(self._handle(endpoint.name, deployment, scoring_uri=endpoint.scoring_uri))
+            with azure_errors(f"list the deployments of {endpoint.name}", endpoint=endpoint.name):
+                deployments = list(self.ml_client.online_deployments.list(endpoint_name=endpoint.name))
+            for item in sorted(deployments, key=lambda d: d.name):
+                handles.append(
+                    self._handle(endpoint.name, item.name, scoring_uri=endpoint.scoring_uri, details=self._details(endpoint, item.name, item))
+                )
         return handles
+
+    def _details(self, endpoint: Any, deployment: str, entity: Any = None) -> dict[str, Any]:
+        if entity is None:
+            with azure_errors(f"read the deployment {endpoint.name}/{deployment}", endpoint=endpoint.name):
+                entity = self.ml_client.online_deployments.get(name=deployment, endpoint_name=endpoint.name)
+        return deployment_details(endpoint, entity)
 
     # --- backend of the handles -------------------------------------------------------------
     def logs(self, endpoint: str, deployment: str, lines: int = 50) -> str:
@@ -284,7 +411,9 @@ class AzureMLTarget:
         self._delete_deployment(endpoint, deployment)
 
     # --- internals ---------------------------------------------------------------------------
-    def _handle(self, endpoint: str, deployment: str, *, plan: Any = None, scoring_uri: Optional[str] = None) -> Deployment:
+    def _handle(
+        self, endpoint: str, deployment: str, *, plan: Any = None, scoring_uri: Optional[str] = None, details: Optional[dict[str, Any]] = None
+    ) -> Deployment:
         if scoring_uri is None:
             found = self._find_endpoint(endpoint)
             scoring_uri = found.scoring_uri if found is not None else None
@@ -300,6 +429,7 @@ class AzureMLTarget:
             deployment=deployment,
             auth=EndpointAuth(self.ml_client, endpoint),
             timeout_s=200.0,
+            details=details,
         )
 
     def _find_endpoint(self, endpoint: str) -> Any:
@@ -355,6 +485,15 @@ class _BoundBackend:
     def delete(self, name: str) -> None:
         self._target.delete(self._endpoint, self._deployment)
 
+    def set_traffic(self, name: str, percent: int) -> dict[str, int]:
+        return self._target.set_traffic(self._endpoint, self._deployment, percent)
+
+    def mirror_traffic(self, name: str, percent: int) -> dict[str, int]:
+        return self._target.set_traffic(self._endpoint, self._deployment, percent, mirror=True)
+
+    def rollback_traffic(self, name: str) -> dict[str, int]:
+        return self._target.rollback_traffic(self._endpoint)
+
 
 class EndpointAuth:
     """The ``Authorization`` header for an endpoint: its key (fetched once through azure-ai-ml), or an
@@ -391,3 +530,28 @@ class EndpointAuth:
 
     def __repr__(self) -> str:
         return f"EndpointAuth(endpoint={self._endpoint!r})"
+
+
+def check_mirror(live: Mapping[str, int], deployment: str, percent: int) -> None:
+    """ConfigError unless ``percent`` is a mirror share Azure ML accepts for ``deployment``."""
+    if not 0 <= int(percent) <= 50:
+        raise ConfigError(f"mirror_traffic={percent}: Azure ML mirrors at most 50% of live traffic.", conflict="mirror_traffic", nearest=50)
+    if percent and int(live.get(deployment, 0) or 0):
+        raise ConfigError(
+            f"{deployment} takes {live[deployment]}% live traffic; a deployment cannot take live and mirrored traffic "
+            "at once. Set its traffic to 0 first.",
+            conflict="mirror_traffic",
+        )
+
+
+def _model_key(model: Any) -> Optional[str]:
+    """``name:version`` of a model id in any of its spellings (``azureml:n:v``, an ARM id, a registry id)."""
+    if not model:
+        return None
+    text = str(model)
+    if "/models/" in text:
+        tail = text.split("/models/", 1)[1].split("/")
+        if len(tail) >= 3 and tail[1] == "versions":
+            return f"{tail[0]}:{tail[2]}"
+        return tail[0]
+    return text[len("azureml:") :] if text.startswith("azureml:") else text

@@ -52,6 +52,8 @@ def deploy(
     traffic: Optional[int] = None,
     mirror_traffic: Optional[int] = None,
     max_usd_per_hour: Optional[float] = None,
+    workload: Any = None,
+    prices: Any = None,
     port: Optional[int] = None,
     grpc_port: Optional[int] = None,
     wait: bool = True,
@@ -73,7 +75,9 @@ def deploy(
     ``done()``, ``result()``), like azure-ai-ml's ``begin_*`` operations. On an endpoint that already
     serves, ``traffic`` is the new deployment's share (the others scaled in proportion; default 0) and
     ``mirror_traffic`` a share of live traffic copied to it; ``max_usd_per_hour`` refuses, before anything
-    is created, instances that would bill more.
+    is created, instances that would bill more. ``sku="auto"`` with a ``workload`` (:class:`Workload`)
+    picks the cheapest size and instance count that meet it, from :func:`estimate_cost`, among the sizes
+    the workspace's region offers (``prices`` for the region's prices), and says why.
 
     With ``local=True`` it runs on this machine through the same package, scoring script and
     inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC), as ``name``.
@@ -100,6 +104,8 @@ def deploy(
             "traffic": traffic,
             "mirror_traffic": mirror_traffic,
             "max_usd_per_hour": max_usd_per_hour,
+            "workload": workload,
+            "prices": prices,
         }
         given = sorted(key for key, value in azure_only.items() if value is not None)
         if given:
@@ -113,11 +119,33 @@ def deploy(
     deployment_name_ = _check_deployment_name(deployment or "blue")
     if endpoint or name:
         check_name(endpoint or name)
+    connected: Optional["Workspace"] = None
+    auto_lines: tuple[str, ...] = ()
+    if sku is not None and sku.lower() == "auto":
+        from .targets.azureml.auto_sku import choose_for_workload
+
+        if _existing_package(model) is not None:
+            raise ConfigError('A package is planned for its size already; sku="auto" sizes a model reference, not a package.', conflict="sku")
+        if not dry_run:
+            connected = _workspace(ml_client, subscription_id, resource_group, workspace, credential)
+        overrides_given = {key: value for key, value in overrides.items() if value is not None}
+        auto = choose_for_workload(
+            resolve_model(model),
+            workload,
+            ml_client=connected.ml_client if connected else None,
+            location=connected.location if connected else None,
+            task=task,
+            overrides=overrides_given,
+            prices=prices,
+        )
+        sku, instance_count, auto_lines = auto.instance_type, auto.instances, auto.lines
+    elif workload is not None or prices is not None:
+        raise ConfigError('workload= and prices= size a deployment with sku="auto"; drop them or pass sku="auto".', conflict="workload")
     bundle, sku_note, chosen = _package_for_azure(model, sku=sku, name=endpoint or name, strict=strict, output=output, choices=choices)
     endpoint_name = check_name(endpoint or name or bundle.name)
     from .azureml_specs import AzureNames
 
-    notes = (sku_note,) if sku_note else ()
+    notes = (*auto_lines, *((sku_note,) if sku_note else ()))
     if dry_run:
         from .targets.azureml.dry_run import dry_run as write_dry_run
 
@@ -132,7 +160,7 @@ def deploy(
         )
     from .targets.azureml import AzureMLTarget
 
-    target = AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential))
+    target = AzureMLTarget(connected or _workspace(ml_client, subscription_id, resource_group, workspace, credential))
 
     def run(report: Progress) -> Deployment:
         return target.deploy(

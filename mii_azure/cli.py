@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--traffic", type=int, help="percent of an existing endpoint's traffic for the new deployment")
     deploy.add_argument("--mirror-traffic", type=int, help="percent of live traffic copied to the new deployment")
     deploy.add_argument("--max-usd-per-hour", type=float, help="refuse instances that would bill more an hour")
+    deploy.add_argument("--rps", type=float, help="--sku auto: requests per second to serve")
+    deploy.add_argument("--slo-ms", type=float, help="--sku auto: latency target (ms per token, request or image)")
+    deploy.add_argument("--prompt-tokens", type=int, help="--sku auto: prompt tokens per request")
+    deploy.add_argument("--new-tokens", type=int, help="--sku auto: new tokens per request")
     deploy.add_argument("--output", help="package folder for --dry-run (default: under $MII_AZURE_HOME)")
     deploy.add_argument("--port", type=int, help="HTTP port, local (default: a free one)")
     deploy.add_argument("--grpc-port", type=int, help="gRPC port, local (default: a free one)")
@@ -275,9 +279,19 @@ def _deploy(args: argparse.Namespace) -> int:
         )
         _print_deployment(deployment, as_json=args.json)
         return 0
+    workload = None
+    if args.sku and args.sku.lower() == "auto":
+        from .workload import Workload
+
+        given = {"requests_per_second": args.rps, "latency_slo_ms": args.slo_ms, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
+        try:
+            workload = Workload(**{key: value for key, value in given.items() if value is not None})
+        except ValueError as exc:  # pydantic's ValidationError
+            raise MiiAzureError(f"Invalid workload for --sku auto: {exc}") from None
     result = deploy(
         args.model,
         sku=args.sku,
+        workload=workload,
         name=args.name,
         endpoint=args.endpoint,
         deployment=args.deployment,

@@ -93,3 +93,31 @@ def test_the_first_deployment_takes_all_traffic_and_budgets_are_checked_first(az
         mii_azure.deploy(azure_gpt2_dir, sku=SKU, ml_client=ml, endpoint="fresh", instance_count=2, max_usd_per_hour=5, progress=False)
     assert over.value.nearest == 1, "one instance would fit the budget"
     assert not azure_fake.state.requests_to("PUT"), "nothing was created"
+
+
+def test_sku_auto_picks_what_the_estimate_picks_among_the_regions_sizes(azure_fake, azure_gpt2_dir):
+    from mii_azure.skus import catalog
+
+    ml = azure_fake.ml_client
+    workload = mii_azure.Workload(prompt_tokens=16, new_tokens=8, requests_per_second=20, latency_slo_ms=50)
+    facts = mii_azure.resolve_model(azure_gpt2_dir)
+    # By hand: every listed size estimated, the cheapest that meets the target, then without it in the region.
+    everywhere = mii_azure.estimate_cost(facts, workload, skus=[s.instance_type for s in catalog() if s.on_managed_endpoint_list])
+    cheapest = everywhere.best
+    azure_fake.state.remove_size(cheapest.instance_type)
+    offered = {size.name.lower() for size in ml.compute.list_sizes(location=azure_fake.location)}
+    expected = next(e for e in everywhere.meeting if e.instance_type.lower() in offered)
+
+    lines: list[str] = []
+    dep = mii_azure.deploy(
+        azure_gpt2_dir, sku="auto", workload=workload, ml_client=ml, endpoint="auto-sized", progress=lines.append, max_usd_per_hour=100
+    )
+    body = azure_fake.state.requests_to("PUT", r"/onlineEndpoints/auto-sized/deployments/blue$")[-1].body
+    assert body["properties"]["instanceType"] == expected.instance_type != cheapest.instance_type
+    assert body["sku"]["capacity"] == expected.instances
+    chosen = next(line for line in lines if line.startswith('sku="auto"'))
+    assert expected.instance_type in chosen and "runner-up" in "\n".join(lines), "the choice and runners-up are shown"
+    assert lines.index(chosen) < next(i for i, line in enumerate(lines) if line.startswith("[endpoint]")), "before anything is created"
+    dep.delete()
+    with pytest.raises(ConfigError, match='needs workload='):
+        mii_azure.deploy(azure_gpt2_dir, sku="auto", ml_client=ml, endpoint="auto-sized", progress=False)

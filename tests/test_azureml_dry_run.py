@@ -15,8 +15,19 @@ import mii_azure
 from mii_azure.azureml_specs import AZURE_MAX_REQUEST_TIMEOUT_MS, LOAD_BASE_S, LOAD_S_PER_GB, INJECTION_S, expected_load_s
 from mii_azure.errors import ConfigError, WorkspaceNotConfiguredError
 
-pytest.importorskip("azure.ai.ml")
-from azure.ai.ml import load_online_deployment, load_online_endpoint  # noqa: E402
+pytestmark = pytest.mark.azure  # azure-ai-ml's own loaders read the YAML back
+
+
+def load_online_deployment(source):
+    from azure.ai.ml import load_online_deployment as load
+
+    return load(source=source)
+
+
+def load_online_endpoint(source):
+    from azure.ai.ml import load_online_endpoint as load
+
+    return load(source=source)
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 __all__ = ["StageReporter", "ProgressLike"]
 
@@ -85,7 +85,3 @@ def describe_wait(seconds: float) -> str:
     minutes, rest = divmod(int(seconds), 60)
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
-
-def maybe(progress: Optional[ProgressLike]) -> ProgressLike:
-    """``None`` means the default: the rich display."""
-    return True if progress is None else progress

@@ -66,7 +66,7 @@ class TensorParallelGroup:
     """Rank 0's handle on the follower ranks: start them, send them each batch, stop them."""
 
     def __init__(self, model_dir: Path, plan: OptimizationPlan, settings: ServingSettings) -> None:
-        from ..targets.server_process import free_port
+        from .ports import free_port
 
         self.model_dir = Path(model_dir)
         self.plan = plan

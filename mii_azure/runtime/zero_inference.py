@@ -57,7 +57,7 @@ class ZeroInference:
         import torch.distributed as dist
         from transformers.integrations import HfDeepSpeedConfig
 
-        from ..targets.server_process import free_port
+        from .ports import free_port
         from .parallel import init_rank
 
         if not dist.is_initialized():

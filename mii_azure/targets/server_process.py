@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,30 +22,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import ConfigError, ModelLoadError
+from ..runtime.ports import LOOPBACK, free_port, port_is_free
 from ..runtime.replicas import READY_SUFFIX, REPLICA_DIR_ENV
 
-__all__ = ["InferenceServerProcess", "free_port", "LOOPBACK"]
+__all__ = ["InferenceServerProcess", "free_port", "port_is_free", "LOOPBACK"]
 
-LOOPBACK = "127.0.0.1"
 # "package.module.SomeError: message", as the last line of a logged traceback.
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*: ")
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether ``port`` can be bound on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 class InferenceServerProcess:

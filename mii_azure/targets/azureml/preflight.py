@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from ...errors import QuotaExceededError
 from ...sku_choice import required_vcpus
-from ...skus import Sku, catalog, quota_family_key
+from ...skus import Sku, by_price, catalog, labels, quota_family_key
 from .boundary import azure_errors
 
 __all__ = ["Capacity", "check_capacity", "check_hub_access"]
@@ -108,11 +108,8 @@ def _usage_name(name: Any) -> str:
 
 
 def _offered_alternatives(sizes: dict[str, Any]) -> str:
-    known = [sku for sku in catalog() if sku.instance_type.lower() in sizes and sku.on_managed_endpoint_list]
-    known.sort(key=lambda sku: sku.usd_per_hour or float("inf"))
-    return ", ".join(
-        f"{sku.instance_type} (${sku.usd_per_hour:.2f}/h)" if sku.usd_per_hour else sku.instance_type for sku in known[:6]
-    )
+    known = sorted((sku for sku in catalog() if sku.instance_type.lower() in sizes and sku.on_managed_endpoint_list), key=by_price)
+    return labels(known[:6])
 
 
 def check_hub_access(allowed: Optional[list[str]], repo_id: str) -> None:

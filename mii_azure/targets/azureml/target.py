@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from ...azureml_specs import AzureNames, DEFAULT_DEPLOYMENT, deployment_spec, expected_load_s, write_specs
@@ -91,6 +92,8 @@ class AzureMLTarget:
             request_timeout_s=request_timeout_s,
             environment_variables=dict(environment_variables or {}),
         )
+        # The YAML a dry run shows; both the endpoint and the deployment are loaded back from it.
+        specs = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
         billing = hourly_cost(sku, spec.instance_count, spec.instance_type)
         check_spend(billing, max_usd_per_hour)
         deadline = time.monotonic() + (timeout_s or DEFAULT_TIMEOUT_S)
@@ -113,13 +116,13 @@ class AzureMLTarget:
                     environment_id = environment_asset(self.ml_client, bundle)
                     update(environment_id)
                 with report.stage("endpoint", endpoint) as update:
-                    first = self._ensure_endpoint(bundle, names, spec, auth_mode, created)
+                    first = self._ensure_endpoint(names, specs[0], created)
                     update(f"{endpoint} ({'created' if created.endpoint else 'exists'})")
                 with report.stage("deployment", f"{deployment}: provisioning (expected load {describe_wait(expected_load_s(bundle.plan))})") as update:
-                    self._create_deployment(bundle, spec, auth_mode, model_id, environment_id, deadline, created, update)
+                    self._create_deployment(bundle, spec, specs[1], model_id, environment_id, deadline, created, update)
                 with report.stage("traffic", endpoint) as update:
                     if first:
-                        self._set_traffic(endpoint, {deployment: 100})
+                        self.set_split(endpoint, {deployment: 100})
                         update(f"100% to {deployment}")
                     elif traffic:
                         update(describe_split(self.set_traffic(endpoint, deployment, traffic)))
@@ -142,14 +145,13 @@ class AzureMLTarget:
                 raise type(exc)(f"{exc.message} {message}", **exc.facts) from exc
         return self._handle(endpoint, deployment, plan=bundle.plan)
 
-    def _ensure_endpoint(self, bundle: Package, names: AzureNames, spec: Any, auth_mode: str, created: "_Created") -> bool:
+    def _ensure_endpoint(self, names: AzureNames, endpoint_file: Path, created: "_Created") -> bool:
         """Create the endpoint unless it exists; whether it has no deployment taking traffic yet."""
         from azure.ai.ml import load_online_endpoint
 
         existing = self._find_endpoint(names.endpoint)
         if existing is not None:
             return not any(share > 0 for share in (existing.traffic or {}).values())
-        endpoint_file, _ = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
         entity = load_online_endpoint(source=endpoint_file)
         with azure_errors(f"create the endpoint {names.endpoint}", endpoint=names.endpoint):
             self.ml_client.online_endpoints.begin_create_or_update(entity).result()
@@ -160,7 +162,7 @@ class AzureMLTarget:
         self,
         bundle: Package,
         spec: Any,
-        auth_mode: str,
+        deployment_file: Path,
         model_id: Optional[str],
         environment_id: str,
         deadline: float,
@@ -170,7 +172,6 @@ class AzureMLTarget:
         from azure.ai.ml import load_online_deployment
 
         names = spec.names
-        _, deployment_file = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
         entity = load_online_deployment(source=deployment_file)
         entity.model = model_id
         entity.environment = environment_id
@@ -304,7 +305,9 @@ class AzureMLTarget:
 
     def _apply_split(self, entity: Any, endpoint: str, split: dict[str, int], *, previous: dict[str, int]) -> None:
         entity.traffic = dict(split)
-        entity.tags = {**(entity.tags or {}), PREVIOUS_TRAFFIC_TAG: encode_split({k: v for k, v in previous.items() if v})}
+        live = {name: share for name, share in previous.items() if share}
+        if live:  # an endpoint that served nothing before has no split to roll back to
+            entity.tags = {**(entity.tags or {}), PREVIOUS_TRAFFIC_TAG: encode_split(live)}
         with azure_errors(f"set the traffic of {endpoint} to {describe_split(split)}", endpoint=endpoint):
             self.ml_client.online_endpoints.begin_create_or_update(entity).result()
 
@@ -442,12 +445,6 @@ class AzureMLTarget:
     def _deployment_names(self, endpoint: str) -> list[str]:
         with azure_errors(f"list the deployments of {endpoint}", endpoint=endpoint):
             return sorted(item.name for item in self.ml_client.online_deployments.list(endpoint_name=endpoint))
-
-    def _set_traffic(self, endpoint: str, traffic: dict[str, int]) -> None:
-        with azure_errors(f"set the traffic of {endpoint}", endpoint=endpoint):
-            entity = self.ml_client.online_endpoints.get(endpoint)
-            entity.traffic = traffic
-            self.ml_client.online_endpoints.begin_create_or_update(entity).result()
 
     def _delete_deployment(self, endpoint: str, deployment: str) -> None:
         with azure_errors(f"delete the deployment {endpoint}/{deployment}", endpoint=endpoint, deployment=deployment):

@@ -53,6 +53,21 @@ class ServingSettings(BaseModel):
         description="Longest a batch waits for more requests to join (the wait adapts below it: 5% of recent batch times).",
     )
     max_queue: int = Field(256, ge=1, description="Requests waiting beyond this get a 503 with Retry-After.")
+    continuous_batching: bool = Field(
+        True,
+        description="Text generation schedules per decode step (sequences join and leave between steps); "
+        "false batches whole requests, each batch running until its longest sequence ends.",
+    )
+    kv_cache_tokens: Optional[int] = Field(
+        None,
+        ge=1,
+        description="KV-cache budget of continuous batching, in tokens (rows x longest sequence); defaults to the plan's.",
+    )
+    prefill_chunk_tokens: int = Field(
+        256,
+        ge=16,
+        description="A longer prompt's prefill runs in chunks of this many tokens, between other sequences' decode steps.",
+    )
 
     def batch_limit(self, planned: int) -> int:
         """The most inputs per batch: this setting when given, else the plan's ``planned`` batch."""

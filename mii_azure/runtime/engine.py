@@ -5,21 +5,28 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from collections.abc import Iterator
+from typing import Any, Optional, Union
 
 from ..config import ServingSettings
-from ..errors import ConfigError
+from ..errors import BadRequestError, ConfigError
 from ..hardware import Hardware
 from ..models import ModelFacts, find_model_folder, resolve_model, resolve_task
 from ..planner import OptimizationPlan, PlanOverrides, make_plan
 from ..tasks import get_task
 from ..tasks.base import Deadline, LoadOptions, ScoringRequest, Task
 from .batcher import Batcher
+from .generation import StreamEnd, StreamEvent, TextPiece
+from .generation.model_runner import CausalLMRunner
+from .generation.scheduler import ContinuousBatcher
 from .optimize import AppliedPlan, apply_plan, graph_failures
 from .parallel import TensorParallelGroup
 from .zero_inference import ZeroInference
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "STREAMING_TASKS"]
+
+#: Tasks whose answers can stream (DESIGN.md section 3a).
+STREAMING_TASKS = ("text-generation", "text2text-generation")
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +53,20 @@ class Engine:
         self.facts: ModelFacts = task.facts
         self.settings: ServingSettings = task.settings
         self.load_seconds = load_seconds
-        self.batcher = Batcher(
-            self._run_batch,
-            check=lambda inputs, parameters: self.task.check(inputs, parameters),
-            can_share=lambda parameters: self.task.shares_batches(parameters),
-            max_batch_size=self.settings.batch_limit(plan.max_batch_size),
-            max_wait_ms=self.settings.max_wait_ms,
-            max_queue=self.settings.max_queue,
-        )
+        self.scheduling, self.scheduling_reason = choose_scheduling(task, applied, settings=self.settings, distributed=group is not None)
+        max_batch_size = self.settings.batch_limit(plan.max_batch_size)
+        self.batcher: Union[Batcher, ContinuousBatcher]
+        if self.scheduling == "continuous":
+            self.batcher = _continuous_batcher(task, plan, self.settings, max_batch_size)
+        else:
+            self.batcher = Batcher(
+                self._run_batch,
+                check=lambda inputs, parameters: self.task.check(inputs, parameters),
+                can_share=lambda parameters: self.task.shares_batches(parameters),
+                max_batch_size=max_batch_size,
+                max_wait_ms=self.settings.max_wait_ms,
+                max_queue=self.settings.max_queue,
+            )
 
     @classmethod
     def load(
@@ -109,10 +122,12 @@ class Engine:
                 group.kill()
             raise
         logger.info(
-            "Loaded %s (%s parameters, batches up to %d) for %s in %.1f s; applied: %s",
+            "Loaded %s (%s parameters, batches up to %d, %s batching: %s) for %s in %.1f s; applied: %s",
             facts.name,
             f"{facts.parameter_count:,}" if facts.parameter_count else "unknown",
             engine.batcher.max_batch_size,
+            engine.scheduling,
+            engine.scheduling_reason,
             task_name,
             engine.load_seconds,
             engine.applied.describe(),
@@ -146,6 +161,35 @@ class Engine:
         """Check and run one request in some batch; its entries in input order."""
         return self.batcher.submit(request.inputs, request.parameters, deadline)
 
+    def stream(self, request: ScoringRequest, deadline: Deadline) -> Iterator[StreamEvent]:
+        """Run a one-input generation request, yielding its text as it is made, then its entry.
+
+        Raises a RequestError (from the first ``next``) for a request that cannot stream or fails;
+        closing the iterator early gives up the request.
+        """
+        if self.task.name not in STREAMING_TASKS:
+            raise BadRequestError(
+                f"Streaming is for text generation; this deployment serves {self.task.name}. "
+                "Send the request without \"stream\": true.",
+                task=self.task.name,
+            )
+        if len(request.inputs) != 1:
+            raise BadRequestError(
+                f"A streamed request carries exactly one input; this one has {len(request.inputs)}. "
+                "Send one request per input, or leave out \"stream\": true.",
+                inputs=len(request.inputs),
+            )
+        if isinstance(self.batcher, ContinuousBatcher):
+            return self.batcher.stream(request.inputs[0], request.parameters, deadline)  # type: ignore[arg-type]
+        return self._stream_whole(request, deadline)
+
+    def _stream_whole(self, request: ScoringRequest, deadline: Deadline) -> Iterator[StreamEvent]:
+        # Request-level batching makes the text in one go: it streams as one piece.
+        (entry,) = self.infer(request, deadline)
+        if entry["generated_text"]:
+            yield TextPiece(entry["generated_text"])
+        yield StreamEnd(entry)
+
     def close(self) -> None:
         """Finish queued requests, stop the batching worker and any follower ranks."""
         self.batcher.close()
@@ -157,3 +201,42 @@ class Engine:
         if self.group is not None:
             return self.group.run(self.task.predict, inputs, parameters, deadline)
         return self.task.predict(inputs, parameters, deadline)
+
+
+def choose_scheduling(task: Task, applied: AppliedPlan, *, settings: ServingSettings, distributed: bool) -> tuple[str, str]:
+    """``("continuous", why)`` when text generation can be scheduled per decode step here, else
+    ``("request", why)``: whole requests batched together, each batch running to its end."""
+    if task.name != "text-generation":
+        return "request", f"{task.name} batches whole requests"
+    if not settings.continuous_batching:
+        return "request", "continuous batching is turned off (continuous_batching=false)"
+    if distributed:
+        return "request", "tensor-parallel ranks run whole batches in lockstep"
+    if applied.zero_offload:
+        return "request", "ZeRO-Inference streams the weights once per whole batch"
+    if applied.deepspeed or applied.kernel_inject:
+        return "request", "DeepSpeed's injected layers keep one KV cache for the whole batch"
+    if applied.cuda_graph:
+        return "request", "CUDA graphs replay whole-batch shapes"
+    runner = CausalLMRunner(task.model, max_positions=task.facts.max_positions)  # type: ignore[attr-defined]
+    unsupported = runner.unsupported_reason()
+    if unsupported:
+        return "request", f"{task.facts.name} cannot join and leave a running batch: {unsupported}"
+    return "continuous", "sequences join and leave the batch between decode steps"
+
+
+def _continuous_batcher(task: Task, plan: OptimizationPlan, settings: ServingSettings, max_batch_size: int) -> ContinuousBatcher:
+    model, tokenizer = task.model, task.tokenizer  # type: ignore[attr-defined]
+    max_positions = task.facts.max_positions
+    budget = settings.kv_cache_tokens or plan.kv_cache_tokens or max_batch_size * (max_positions or 2048)
+    return ContinuousBatcher(
+        CausalLMRunner(model, max_positions=max_positions),
+        tokenizer,
+        check=task.check,  # type: ignore[arg-type]
+        encode=task.prompt_tokens,  # type: ignore[attr-defined]
+        end_of_text=task.end_of_text_ids(),  # type: ignore[attr-defined]
+        max_batch_size=max_batch_size,
+        kv_cache_tokens=budget,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        max_queue=settings.max_queue,
+    )

@@ -174,6 +174,10 @@ class TextGeneration(_GenerationTask):
             return None
         return self.facts.max_positions - prompt_tokens
 
+    def prompt_tokens(self, text: str) -> list[int]:
+        """The token ids of one prompt, as ``generate`` would see them (special tokens included)."""
+        return list(self.tokenizer(text)["input_ids"])
+
     def predict(self, inputs: list[str], parameters: TextGenerationParameters, deadline: Deadline) -> list[Any]:  # type: ignore[override]
         input_ids, output = self.run_generate(inputs, parameters, deadline)
         decoded = self.decode(output[:, input_ids.shape[1] :], parameters)

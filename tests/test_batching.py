@@ -45,11 +45,14 @@ def _requests(count: int, seed: int = 0) -> list[dict]:
     return requests
 
 
-def test_64_concurrent_requests_each_get_their_own_answer(model_dirs):
-    service = ScoringService(_fp32_engine(model_dirs["gpt2"], max_wait_ms=30))
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "request-level"])
+def test_64_concurrent_requests_each_get_their_own_answer(model_dirs, continuous):
+    service = ScoringService(_fp32_engine(model_dirs["gpt2"], max_wait_ms=30, continuous_batching=continuous))
+    assert service.engine.scheduling == ("continuous" if continuous else "request")
     requests = _requests(64)
     alone = [service.score(request)["responses"] for request in requests]
-    before = service.engine.batcher.stats.batches
+    stats = service.engine.batcher.stats
+    before = stats.steps if continuous else stats.batches
 
     barrier = threading.Barrier(16)
 
@@ -66,14 +69,18 @@ def test_64_concurrent_requests_each_get_their_own_answer(model_dirs):
     assert len(together) == len(requests)
     for request, expected, got in zip(requests, alone, together):
         assert got == expected, request
-    stats = service.engine.batcher.stats
-    assert stats.batches - before < len(requests), "concurrent requests were batched together"
+    model_calls = (stats.steps if continuous else stats.batches) - before
+    generated = sum(entry["num_tokens"] for answer in together for entry in answer)
+    if continuous:
+        assert model_calls < generated, "decode steps served several sequences at once"
+    else:
+        assert model_calls < len(requests), "concurrent requests were batched together"
     assert stats.largest_batch > 3
     assert service.engine.batcher.waiting == 0
 
 
-def test_requests_with_different_parameters_never_share_a_batch(model_dirs):
-    engine = _fp32_engine(model_dirs["gpt2"], max_wait_ms=50)
+def test_request_level_batches_never_mix_parameters(model_dirs):
+    engine = _fp32_engine(model_dirs["gpt2"], max_wait_ms=50, continuous_batching=False)
     seen = []
     original = engine.task.predict
 
@@ -95,7 +102,7 @@ def test_requests_with_different_parameters_never_share_a_batch(model_dirs):
     assert sorted(i for inputs, _ in seen for i in inputs) == sorted(r.inputs[0] for r in requests)
 
 
-def test_seeded_sampling_runs_alone_and_reproduces(model_dirs):
+def test_seeded_sampling_reproduces_whatever_it_is_batched_with(model_dirs):
     service = ScoringService(_fp32_engine(model_dirs["gpt2"], max_wait_ms=30))
     request = {"query": ["the cat"], "parameters": {"max_new_tokens": 8, "temperature": 1.3, "seed": 4}}
     alone = service.score(request)["responses"]

@@ -110,7 +110,7 @@ class ContinuousBatcher:
         max_queue: int,
         name: str = "mii-azure-continuous",
     ) -> None:
-        self._runner = runner
+        self.runner = runner
         self._tokenizer = tokenizer
         self._check = check
         self._encode = encode
@@ -352,7 +352,7 @@ class ContinuousBatcher:
         if not group:
             return
         self._prefilling = group
-        logits, state = self._runner.prefill([s.prompt for s in group])
+        logits, state = self.runner.prefill([s.prompt for s in group])
         with self._lock:
             self.stats.prefills += 1
         for sequence in group:
@@ -364,9 +364,9 @@ class ContinuousBatcher:
         start = sequence.prefilled
         piece = sequence.prompt[start : start + chunk]
         if sequence.state is None:
-            logits, sequence.state = self._runner.prefill([piece])
+            logits, sequence.state = self.runner.prefill([piece])
         else:
-            logits = self._runner.extend(sequence.state, piece)
+            logits = self.runner.extend(sequence.state, piece)
         sequence.prefilled += len(piece)
         with self._lock:
             self.stats.prefills += 1
@@ -394,7 +394,7 @@ class ContinuousBatcher:
     def _decode_step(self) -> None:
         if self._batch is None:
             return
-        logits = self._runner.decode(self._batch, [sequence.last_token for sequence in self._running])
+        logits = self.runner.decode(self._batch, [sequence.last_token for sequence in self._running])
         with self._lock:
             self.stats.steps += 1
             self.stats.largest_batch = max(self.stats.largest_batch, len(self._running))
@@ -445,7 +445,7 @@ class ContinuousBatcher:
 
     def _fail_group(self, sequences: list[_Sequence], error: BaseException) -> None:
         for request in {id(s.request): s.request for s in sequences}.values():
-            self._answer(request, error=ScoringError(f"Generation failed: {type(error).__name__}: {error}"))
+            self._answer(request, error=ScoringError(f"Scoring failed: {type(error).__name__}: {error}"))
         failed = {id(s.request) for s in sequences}
         self._waiting_sequences = deque(s for s in self._waiting_sequences if id(s.request) not in failed)
         if self._chunking is not None and id(self._chunking.request) in failed:

@@ -73,7 +73,9 @@ class SequenceText:
     def _stable_end(self) -> int:
         text = self.text
         end = len(text)
-        while end and text[end - 1] == _INCOMPLETE:
+        if end and text[end - 1] == _INCOMPLETE:
+            # Only the last bytes can still become a character: the decoder shows an unfinished
+            # UTF-8 sequence at the end as one U+FFFD, while earlier ones are invalid for good.
             end -= 1
         for stop in self._stops:  # hold back a tail that could grow into a stop sequence
             for size in range(min(len(stop) - 1, end), 0, -1):

@@ -4,6 +4,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 """
 
 from .api import deploy, get_deployment, list_deployments, mii_query_handle
+from .autoscale import Autoscale
 from .config import ServingSettings
 from .cost import estimate_cost
 from .cost_report import CostReport, SkuEstimate
@@ -62,6 +63,7 @@ __all__ = [
     "estimate_cost",
     "Workload",
     "ModelShape",
+    "Autoscale",
     "CostReport",
     "SkuEstimate",
     "PriceSheet",

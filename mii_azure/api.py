@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
+from .autoscale import Autoscale
 from .config import ServingSettings
 from .deployment import Deployment
 from .errors import ConfigError
@@ -54,6 +55,7 @@ def deploy(
     max_usd_per_hour: Optional[float] = None,
     workload: Any = None,
     prices: Any = None,
+    autoscale: Optional[Autoscale] = None,
     port: Optional[int] = None,
     grpc_port: Optional[int] = None,
     wait: bool = True,
@@ -77,7 +79,10 @@ def deploy(
     ``mirror_traffic`` a share of live traffic copied to it; ``max_usd_per_hour`` refuses, before anything
     is created, instances that would bill more. ``sku="auto"`` with a ``workload`` (:class:`Workload`)
     picks the cheapest size and instance count that meet it, from :func:`estimate_cost`, among the sizes
-    the workspace's region offers (``prices`` for the region's prices), and says why.
+    the workspace's region offers (``prices`` for the region's prices), and says why. ``autoscale``
+    (:class:`Autoscale`) adds an Azure Monitor autoscale setting to the deployment once it is ready
+    (its unset values come from the instance count, e.g. the one ``sku="auto"`` chose); it is deleted
+    with the deployment.
 
     With ``local=True`` it runs on this machine through the same package, scoring script and
     inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC), as ``name``.
@@ -106,6 +111,7 @@ def deploy(
             "max_usd_per_hour": max_usd_per_hour,
             "workload": workload,
             "prices": prices,
+            "autoscale": autoscale,
         }
         given = sorted(key for key, value in azure_only.items() if value is not None)
         if given:
@@ -116,6 +122,8 @@ def deploy(
         return _deploy_locally(model, name=endpoint or name, sku=sku, choices=choices, port=port, grpc_port=grpc_port, wait=wait, progress=progress)
     if port is not None or grpc_port is not None:
         raise ConfigError("port and grpc_port are for local deployments (local=True).", conflict="port")
+    if autoscale is not None and not isinstance(autoscale, Autoscale):
+        raise ConfigError(f"autoscale={autoscale!r}: pass mii_azure.Autoscale(min=..., max=...).", conflict="autoscale")
     deployment_name_ = _check_deployment_name(deployment or "blue")
     if endpoint or name:
         check_name(endpoint or name)
@@ -157,6 +165,7 @@ def deploy(
             request_timeout_s=request_timeout_s,
             environment_variables=environment_variables,
             notes=notes,
+            autoscale=autoscale,
         )
     from .targets.azureml import AzureMLTarget
 
@@ -179,6 +188,7 @@ def deploy(
             traffic=traffic,
             mirror_traffic=mirror_traffic,
             max_usd_per_hour=max_usd_per_hour,
+            autoscale=autoscale,
         )
 
     if wait:

@@ -33,6 +33,7 @@ PUBLIC_API = {
     "estimate_cost",
     "Workload",
     "ModelShape",
+    "Autoscale",
     "CostReport",
     "SkuEstimate",
     "PriceSheet",

@@ -14,6 +14,8 @@ the version and does not check it):
   uploaded (:mod:`fake_provisioning`);
 - the long-running operations' status (``retry-after-ms`` hints keep pollers fast);
 - ``locations/{loc}/vmSizes`` and ``locations/{loc}/usages`` from editable state;
+- Azure Monitor autoscale settings of the resource group (``Microsoft.Insights/autoscaleSettings``:
+  list, GET, PUT, DELETE), which must target an existing deployment of the workspace, one setting each;
 - an App Service style managed-identity token endpoint (``GET /msi/token``).
 
 A request without a bearer token gets 401. An unknown route gets 404 ``FakeRouteNotImplemented``
@@ -168,6 +170,7 @@ class FakeArm(OnlineEndpointRoutes):
         asset = r"/(?P<kind>models|codes|environments)"
         endpoint = ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)"
         deployment = endpoint + r"/deployments/(?P<deployment>[^/]+)"
+        autoscale = sub + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/autoscaleSettings"
         table: list[tuple[str, str, Callable[[Call], Reply]]] = [
             ("GET", r"/msi/token", self._msi_token),
             ("GET", r"/discovery", self._discovery),
@@ -203,6 +206,10 @@ class FakeArm(OnlineEndpointRoutes):
             ("PATCH", deployment, self._deployment_patch),
             ("DELETE", deployment, self._deployment_delete),
             ("POST", deployment + r"/getLogs", self._deployment_logs),
+            ("GET", autoscale, self._autoscale_list),
+            ("GET", autoscale + r"/(?P<name>[^/]+)", self._autoscale_get),
+            ("PUT", autoscale + r"/(?P<name>[^/]+)", self._autoscale_put),
+            ("DELETE", autoscale + r"/(?P<name>[^/]+)", self._autoscale_delete),
         ]
         return [(method, re.compile(f"^{pattern}/?$", re.I), handler) for method, pattern, handler in table]
 
@@ -520,6 +527,72 @@ class FakeArm(OnlineEndpointRoutes):
             "pendingUploadId": upload_id,
             "pendingUploadType": "TemporaryBlobReference",
         })
+
+    # -------------------------------------------------------------- Azure Monitor autoscale settings
+
+    def _autoscale_id(self, name: str) -> str:
+        state = self.state
+        return (f"/subscriptions/{state.subscription_id}/resourceGroups/{state.resource_group}"
+                f"/providers/microsoft.insights/autoscalesettings/{name}")
+
+    def _autoscale_list(self, call: Call) -> Reply:
+        with self.state.lock:
+            value = [copy.deepcopy(resource) for resource in self.state.autoscale_settings.values()]
+        return Reply(200, {"value": value})
+
+    def _autoscale_get(self, call: Call) -> Reply:
+        with self.state.lock:
+            resource = self.state.autoscale_settings.get(call.params["name"].lower())
+        if resource is None:
+            return Reply(404, error_body("ResourceNotFound", f"The autoscale setting '{call.params['name']}' was not found."))
+        return Reply(200, copy.deepcopy(resource))
+
+    def _autoscale_put(self, call: Call) -> Reply:
+        """Create or replace a setting; like Azure Monitor, refuse a missing target, a second setting on one
+        target and a capacity whose default is outside [minimum, maximum]."""
+        name = call.params["name"]
+        body = call.body if isinstance(call.body, dict) else {}
+        properties = copy.deepcopy(body.get("properties") or {})
+        target = str(properties.get("targetResourceUri") or "")
+        if not body.get("location"):
+            return Reply(400, error_body("InvalidRequestContent", "The autoscale setting needs a location."))
+        match = re.search(r"/onlineEndpoints/([^/]+)/deployments/([^/]+)$", target, re.I)
+        with self.state.lock:
+            exists = bool(match) and (match.group(1).lower(), match.group(2).lower()) in self.state.deployments
+            if not target.lower().startswith(self.state.workspace_id.lower() + "/") or not exists:
+                return Reply(400, error_body("TargetResourceNotFound", f"The target resource id '{target}' was not found."))
+            other = next((r["name"] for key, r in self.state.autoscale_settings.items()
+                          if key != name.lower() and r["properties"]["targetResourceUri"].lower() == target.lower()), None)
+            if other is not None:
+                return Reply(400, error_body("AutoscaleSettingAlreadyExists",
+                                             f"The autoscale setting '{other}' already targets '{target}'; a resource "
+                                             "has at most one autoscale setting."))
+            for profile in properties.get("profiles") or []:
+                capacity = profile.get("capacity") or {}
+                low, high, default = (int(capacity.get(k, 0)) for k in ("minimum", "maximum", "default"))
+                if not 0 <= low <= default <= high:
+                    return Reply(400, error_body("InvalidAutoscaleCapacity",
+                                                 f"Profile '{profile.get('name')}': default {default} is not within "
+                                                 f"minimum {low} and maximum {high}."))
+            existed = name.lower() in self.state.autoscale_settings
+            properties["name"] = name
+            properties.setdefault("enabled", False)
+            properties.setdefault("notifications", [])
+            resource = {
+                "id": self._autoscale_id(name),
+                "name": name,
+                "type": "Microsoft.Insights/autoscaleSettings",
+                "location": body["location"],
+                "tags": body.get("tags") or {},
+                "properties": properties,
+            }
+            self.state.autoscale_settings[name.lower()] = resource
+        return Reply(200 if existed else 201, copy.deepcopy(resource))
+
+    def _autoscale_delete(self, call: Call) -> Reply:
+        with self.state.lock:
+            removed = self.state.autoscale_settings.pop(call.params["name"].lower(), None)
+        return Reply(200 if removed else 204)
 
     # -------------------------------------------------------------- compute
 

@@ -1,7 +1,7 @@
 """The in-memory state of the fake Resource Manager, and the shapes its routes pass around.
 
 :class:`FakeArmState` holds the workspace's identity, its assets, endpoints and deployments, the
-long-running operations, the region's VM sizes and quota, every recorded request, and the fault
+Azure Monitor autoscale settings of its resource group, the long-running operations, the region's VM sizes and quota, every recorded request, and the fault
 injection API the failure-path tests use: :meth:`FakeArmState.fail_next_deployment`,
 :meth:`FakeArmState.hang_next_deployment`, :meth:`FakeArmState.inject`, :meth:`FakeArmState.remove_size`,
 :meth:`FakeArmState.add_size`, :meth:`FakeArmState.set_quota`. Endpoint and deployment keys of the
@@ -309,6 +309,8 @@ class FakeArmState:
         self.pending_uploads: dict[str, dict[str, str]] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.deployments: dict[tuple[str, str], DeploymentRecord] = {}
+        #: Azure Monitor autoscale settings of the resource group, by lower-case name (the resource JSON).
+        self.autoscale_settings: dict[str, dict[str, Any]] = {}
         self.operations: dict[str, Operation] = {}
         self.faults: list[Fault] = []
         self.vm_sizes: dict[str, VmSize] = {size.name.lower(): size for size in DEFAULT_VM_SIZES}

@@ -110,7 +110,8 @@ def test_sku_auto_picks_what_the_estimate_picks_among_the_regions_sizes(azure_fa
 
     lines: list[str] = []
     dep = mii_azure.deploy(
-        azure_gpt2_dir, sku="auto", workload=workload, ml_client=ml, endpoint="auto-sized", progress=lines.append, max_usd_per_hour=100
+        azure_gpt2_dir, sku="auto", workload=workload, ml_client=ml, endpoint="auto-sized", progress=lines.append, max_usd_per_hour=100,
+        autoscale=mii_azure.Autoscale(),
     )
     body = azure_fake.state.requests_to("PUT", r"/onlineEndpoints/auto-sized/deployments/blue$")[-1].body
     assert body["properties"]["instanceType"] == expected.instance_type != cheapest.instance_type
@@ -118,6 +119,11 @@ def test_sku_auto_picks_what_the_estimate_picks_among_the_regions_sizes(azure_fa
     chosen = next(line for line in lines if line.startswith('sku="auto"'))
     assert expected.instance_type in chosen and "runner-up" in "\n".join(lines), "the choice and runners-up are shown"
     assert lines.index(chosen) < next(i for i, line in enumerate(lines) if line.startswith("[endpoint]")), "before anything is created"
+    # Autoscale's unset range comes from the estimate's instance count: it starts there, at most twice it.
+    (scale,) = azure_fake.state.requests_to("PUT", r"/autoscaleSettings/mii-autoscale-auto-sized-blue$")
+    capacity = scale.body["properties"]["profiles"][0]["capacity"]
+    assert capacity == {"minimum": str(expected.instances), "maximum": str(2 * expected.instances), "default": str(expected.instances)}
     dep.delete()
+    assert not azure_fake.state.autoscale_settings
     with pytest.raises(ConfigError, match='needs workload='):
         mii_azure.deploy(azure_gpt2_dir, sku="auto", ml_client=ml, endpoint="auto-sized", progress=False)

@@ -7,6 +7,7 @@
     progress.py    the stages of a deployment, with elapsed time (rich)
     target.py      AzureMLTarget: deploy, get, list, logs, delete; the handle's key/token provider
     dry_run.py     the package's YAML for given names, validated by azure-ai-ml, and the az ml commands
+    autoscale.py   Azure Monitor autoscale settings on deployments (azure-mgmt-monitor): create, find, delete
 """
 
 from .target import AzureMLTarget

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ...azureml_specs import AzureNames, DeploymentSpec, az_commands, deployment_spec, write_specs
+from ...autoscale import Autoscale, AutoscalePlan, autoscale_setting_name
+from ...azureml_specs import AzureNames, DeploymentSpec, az_commands, deployment_spec, expected_load_s, write_specs
 from ...errors import ConfigError
 from ...packaging import Package
 from .workspace import require_azure
@@ -25,6 +26,8 @@ class DryRun:
     commands: list[str]
     spec: DeploymentSpec
     notes: tuple[str, ...] = field(default=())
+    #: The autoscale setting that would be created (its ``az monitor autoscale`` commands are in ``commands``).
+    autoscale: Optional[AutoscalePlan] = None
 
     def describe(self) -> str:
         """The dry run as text: what would be deployed, where the files are, the commands."""
@@ -60,6 +63,7 @@ def dry_run(
     environment_variables: Optional[Mapping[str, str]] = None,
     first_deployment: bool = True,
     notes: tuple[str, ...] = (),
+    autoscale: Optional[Autoscale] = None,
 ) -> DryRun:
     """Write ``bundle``'s ``azureml/*.yml`` for ``names`` and check that azure-ai-ml loads them with the
     same fields."""
@@ -74,13 +78,30 @@ def dry_run(
     )
     endpoint_file, deployment_file = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
     _check_loads_back(endpoint_file, deployment_file, spec, auth_mode)
+    commands = az_commands(endpoint_file, deployment_file, first_deployment=first_deployment)
+    scaling = None
+    if autoscale is not None:
+        scaling = autoscale.resolve(
+            instance_count=spec.instance_count, gpu=bundle.plan.hardware.kind == "gpu", expected_load_s=expected_load_s(bundle.plan)
+        )
+        endpoint, deployment = names.endpoint, names.deployment
+        commands = [
+            *commands,
+            *scaling.az_commands(
+                autoscale_setting_name(endpoint, deployment),
+                f'"$(az ml online-deployment show -e {endpoint} -n {deployment} -o tsv --query id)"',
+                f'"$(az ml online-endpoint show -n {endpoint} -o tsv --query id)"',
+            ),
+        ]
+        notes = (*notes, scaling.describe())
     return DryRun(
         package=bundle,
         endpoint_file=endpoint_file,
         deployment_file=deployment_file,
-        commands=az_commands(endpoint_file, deployment_file, first_deployment=first_deployment),
+        commands=commands,
         spec=spec,
         notes=(*notes, *spec.notes),
+        autoscale=scaling,
     )
 
 

@@ -16,18 +16,20 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ...autoscale import Autoscale, AutoscalePlan
 from ...azureml_specs import AzureNames, DEFAULT_DEPLOYMENT, deployment_spec, expected_load_s, write_specs
 from ...config import HUB_MODEL_ENV
 from ...deployment import Deployment
-from ...errors import ConfigError, DeploymentFailedError, DeploymentNotFoundError, MiiAzureError
+from ...errors import ConfigError, DeploymentFailedError, DeploymentNotFoundError, MiiAzureError, MissingDependencyError
 from ...models import ModelSource
 from ...packaging import Package
 from ...skus import Sku
 from .assets import code_folder, environment_asset, model_asset
+from .autoscale import AutoscaleSettings, deployment_resource_id, require_monitor
 from .boundary import azure_errors, scrub
 from .preflight import check_capacity, check_hub_access
 from .progress import ProgressLike, StageReporter, describe_wait
-from .spend import check_spend, deployment_details, describe_billing, hourly_cost
+from .spend import HourlyCost, check_spend, deployment_details, describe_billing, hourly_cost
 from .traffic import PREVIOUS_TRAFFIC_TAG, check_split, decode_split, describe_split, encode_split, with_share
 from .workspace import Workspace
 
@@ -51,6 +53,7 @@ class AzureMLTarget:
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
         self.ml_client = workspace.ml_client
+        self.autoscale_settings = AutoscaleSettings(workspace)
 
     # --- deploy ------------------------------------------------------------------------------
     def deploy(
@@ -71,6 +74,7 @@ class AzureMLTarget:
         traffic: Optional[int] = None,
         mirror_traffic: Optional[int] = None,
         max_usd_per_hour: Optional[float] = None,
+        autoscale: Optional[Autoscale] = None,
     ) -> Deployment:
         """Create (or update) ``endpoint``/``deployment`` serving ``bundle`` and wait until it is ready.
 
@@ -79,7 +83,9 @@ class AzureMLTarget:
         ``traffic`` is the new deployment's share of an existing endpoint's traffic (the others are
         scaled in proportion; default 0, and 100 for an endpoint's first deployment); ``mirror_traffic``
         copies that share of live traffic to it instead. ``max_usd_per_hour`` refuses, before anything is
-        created, a deployment whose instances would bill more per hour.
+        created, a deployment whose instances would bill more per hour (with ``autoscale``: at its maximum).
+        ``autoscale`` adds an Azure Monitor autoscale setting once the deployment is ready; it is deleted
+        with the deployment.
         """
         if on_failure not in ("delete", "keep"):
             raise ConfigError(f"on_failure={on_failure!r}: use 'delete' or 'keep'.", conflict="on_failure")
@@ -95,13 +101,17 @@ class AzureMLTarget:
         # The YAML a dry run shows; both the endpoint and the deployment are loaded back from it.
         specs = write_specs(bundle.path, bundle.manifest, spec, auth_mode=auth_mode)
         billing = hourly_cost(sku, spec.instance_count, spec.instance_type)
-        check_spend(billing, max_usd_per_hour)
+        scaling = resolve_autoscale(autoscale, bundle, spec.instance_count)
+        # With autoscale, the budget guards the most it may scale out to.
+        check_spend(hourly_cost(sku, scaling.maximum, spec.instance_type) if scaling else billing, max_usd_per_hour)
         deadline = time.monotonic() + (timeout_s or DEFAULT_TIMEOUT_S)
         created = _Created()
         with StageReporter(progress, title=f"{endpoint}/{deployment}") as report:
             for note in (*notes, *spec.notes):
                 report.note(note)
             report.note(describe_billing(billing))
+            if scaling is not None:
+                report.note(describe_scaling(scaling, hourly_cost(sku, scaling.maximum, spec.instance_type)))
             try:
                 with report.stage("preflight", f"{spec.instance_count} x {spec.instance_type} in the workspace's region"):
                     self._check_traffic_request(endpoint, deployment, traffic, mirror_traffic)
@@ -120,6 +130,10 @@ class AzureMLTarget:
                     update(f"{endpoint} ({'created' if created.endpoint else 'exists'})")
                 with report.stage("deployment", f"{deployment}: provisioning (expected load {describe_wait(expected_load_s(bundle.plan))})") as update:
                     self._create_deployment(bundle, spec, specs[1], model_id, environment_id, deadline, created, update)
+                if scaling is not None:
+                    with report.stage("autoscale", f"{scaling.minimum} to {scaling.maximum} instances on {scaling.metric}") as update:
+                        name = self.autoscale_settings.apply(scaling, endpoint, deployment)
+                        update(f"{name}: {scaling.describe()}")
                 with report.stage("traffic", endpoint) as update:
                     if first:
                         self.set_split(endpoint, {deployment: 100})
@@ -381,20 +395,32 @@ class AzureMLTarget:
         with azure_errors("list the endpoints", workspace=self.workspace.name):
             endpoints = list(self.ml_client.online_endpoints.list())
         handles = []
+        scaling = self._autoscale_by_target() if endpoints else {}
         for endpoint in endpoints:
             with azure_errors(f"list the deployments of {endpoint.name}", endpoint=endpoint.name):
                 deployments = list(self.ml_client.online_deployments.list(endpoint_name=endpoint.name))
             for item in sorted(deployments, key=lambda d: d.name):
                 handles.append(
-                    self._handle(endpoint.name, item.name, scoring_uri=endpoint.scoring_uri, details=self._details(endpoint, item.name, item))
+                    self._handle(endpoint.name, item.name, scoring_uri=endpoint.scoring_uri, details=self._details(endpoint, item.name, item, scaling))
                 )
         return handles
 
-    def _details(self, endpoint: Any, deployment: str, entity: Any = None) -> dict[str, Any]:
+    def _details(self, endpoint: Any, deployment: str, entity: Any = None, scaling: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         if entity is None:
             with azure_errors(f"read the deployment {endpoint.name}/{deployment}", endpoint=endpoint.name):
                 entity = self.ml_client.online_deployments.get(name=deployment, endpoint_name=endpoint.name)
-        return deployment_details(endpoint, entity)
+        if scaling is None:
+            scaling = self._autoscale_by_target()
+        target = deployment_resource_id(self.ml_client, endpoint.name, deployment).lower()
+        return {**deployment_details(endpoint, entity), "autoscale": scaling.get(target)}
+
+    def _autoscale_by_target(self) -> dict[str, dict[str, Any]]:
+        """The resource group's autoscale settings by target (empty where Azure Monitor cannot be read)."""
+        try:
+            return self.autoscale_settings.details_by_target()
+        except MiiAzureError as exc:
+            logger.debug("No autoscale details: %s", exc.message)
+            return {}
 
     # --- backend of the handles -------------------------------------------------------------
     def logs(self, endpoint: str, deployment: str, lines: int = 50) -> str:
@@ -449,10 +475,32 @@ class AzureMLTarget:
     def _delete_deployment(self, endpoint: str, deployment: str) -> None:
         with azure_errors(f"delete the deployment {endpoint}/{deployment}", endpoint=endpoint, deployment=deployment):
             self.ml_client.online_deployments.begin_delete(name=deployment, endpoint_name=endpoint).result()
+        self._remove_autoscale(endpoint, deployment)
 
     def _delete_endpoint(self, endpoint: str) -> None:
         with azure_errors(f"delete the endpoint {endpoint}", endpoint=endpoint):
             self.ml_client.online_endpoints.begin_delete(name=endpoint).result()
+        self._remove_autoscale(endpoint, None)
+
+    def _remove_autoscale(self, endpoint: str, deployment: Optional[str]) -> None:
+        """Delete the autoscale settings that target what was just deleted (none is fine). The deployment is
+        gone already, so a failure here is logged with what to do, not raised."""
+        what = f"{endpoint}/{deployment}" if deployment else endpoint
+        try:
+            removed = self.autoscale_settings.remove(endpoint, deployment)
+        except MissingDependencyError:
+            logger.info("azure-mgmt-monitor is not installed: autoscale settings targeting %s were not looked for.", what)
+            return
+        except MiiAzureError as exc:
+            logger.warning(
+                "Could not delete the autoscale settings targeting %s: %s Delete them in the Azure portal "
+                "(Monitor > Autoscale), or a new deployment under the same name inherits them.",
+                what,
+                exc.message,
+            )
+            return
+        for name in removed:
+            logger.info("Deleted the autoscale setting %s of %s.", name, what)
 
     def _log_tail(self, names: AzureNames) -> str:
         try:
@@ -527,6 +575,30 @@ class EndpointAuth:
 
     def __repr__(self) -> str:
         return f"EndpointAuth(endpoint={self._endpoint!r})"
+
+
+def resolve_autoscale(autoscale: Optional[Autoscale], bundle: Package, instance_count: int) -> Optional[AutoscalePlan]:
+    """The autoscale setting for ``bundle`` starting at ``instance_count`` instances (None without autoscale);
+    refused before anything is created when it cannot work or azure-mgmt-monitor is missing."""
+    if autoscale is None:
+        return None
+    if not isinstance(autoscale, Autoscale):
+        raise ConfigError(
+            f"autoscale={autoscale!r}: pass mii_azure.Autoscale(min=..., max=...).", conflict="autoscale"
+        )
+    plan = autoscale.resolve(
+        instance_count=instance_count, gpu=bundle.plan.hardware.kind == "gpu", expected_load_s=expected_load_s(bundle.plan)
+    )
+    require_monitor()
+    return plan
+
+
+def describe_scaling(plan: AutoscalePlan, at_most: HourlyCost) -> str:
+    """The autoscale line shown before anything is created: the setting and the most it may bill."""
+    most = f"up to about ${at_most.usd_per_hour:,.2f}/h at {plan.maximum} instances" if at_most.usd_per_hour is not None else (
+        f"up to {plan.maximum} instances"
+    )
+    return f"{plan.describe()}; bills {most}."
 
 
 def check_mirror(live: Mapping[str, int], deployment: str, percent: int) -> None:

@@ -34,9 +34,26 @@ def require_azure() -> None:
 class Workspace:
     """An MLClient and what the SDK needs to know about its workspace (its region, for the preflight)."""
 
-    def __init__(self, ml_client: Any) -> None:
+    def __init__(self, ml_client: Any, credential: Any = None) -> None:
         self.ml_client = ml_client
+        #: The credential mii_azure built the MLClient with (None for a given ml_client); see credential().
+        self._credential = credential
         self._entity: Any = None
+
+    def credential(self) -> Any:
+        """The MLClient's credential, for the other Azure clients (Azure Monitor) of the same workspace.
+
+        azure-ai-ml offers no public accessor: the one mii_azure built or was given is used when there is
+        one, else the MLClient's own (``MLClient._credential``, set by its constructor in azure-ai-ml 1.35).
+        """
+        found = self._credential if self._credential is not None else getattr(self.ml_client, "_credential", None)
+        if found is None:
+            raise WorkspaceNotConfiguredError(
+                "The ml_client given does not say which credential it uses, so Azure Monitor (autoscale) cannot be "
+                "reached with it. Pass subscription_id=, resource_group=, workspace= and credential= instead of ml_client=.",
+                conflict="ml_client",
+            )
+        return found
 
     @property
     def name(self) -> str:
@@ -105,9 +122,11 @@ def connect(
                 "three (subscription_id=, resource_group=, workspace=).",
                 missing=missing,
             )
-        return Workspace(MLClient(credential or _default_credential(), subscription_id, resource_group, workspace))
+        credential = credential or _default_credential()
+        return Workspace(MLClient(credential, subscription_id, resource_group, workspace), credential)
+    credential = credential or _default_credential()
     try:
-        client = MLClient.from_config(credential or _default_credential(), path=os.fspath(config) if config else None)
+        client = MLClient.from_config(credential, path=os.fspath(config) if config else None)
     except Exception as exc:  # azure-ai-ml raises its own ValidationException when no config.json is found
         where = str(Path(config).expanduser()) if config else f"{os.getcwd()} or any folder above it"
         raise WorkspaceNotConfiguredError(
@@ -119,7 +138,7 @@ def connect(
             "(or config='path/to/config.json')",
             searched=where,
         ) from None
-    return Workspace(client)
+    return Workspace(client, credential)
 
 
 def _default_credential() -> Any:

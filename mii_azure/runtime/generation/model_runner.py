@@ -1,9 +1,9 @@
 """The forward passes continuous batching needs, over a ``transformers`` causal LM.
 
 Three calls: prefill a group of whole prompts (padded on the left), extend one sequence's cache by
-a chunk of its prompt, and decode one token for every row of a batch. Each returns the logits of
-each row's last position. This is the seam where another backend (DeepSpeed-FastGen on GPU) can
-stand in: the scheduler only needs these three calls and :class:`PaddedCache`.
+a chunk of its prompt, and decode one token for every row of the running batch (a
+:class:`BatchCache`). Each returns the logits of each row's last position. This is the seam where
+another backend (DeepSpeed-FastGen on GPU) can stand in: the scheduler only needs these calls.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from .batch_cache import BatchCache
 from .kv_cache import PaddedCache, unsupported_reason
 
 __all__ = ["CausalLMRunner"]
@@ -59,13 +60,16 @@ class CausalLMRunner:
         logits, _ = self._forward(ids, mask, positions, state.cache, past=past)
         return logits
 
-    def decode(self, state: PaddedCache, tokens: list[int]) -> torch.Tensor:
-        """One new token per row; the logits for the token after it, ``[rows, vocab]``."""
-        past = state.width
-        positions = state.lengths().unsqueeze(1)
-        mask = state.grow(1)
+    def decode(self, batch: BatchCache, tokens: list[int]) -> torch.Tensor:
+        """One new token per row of the running batch; the logits for the token after it, ``[rows, vocab]``."""
+        past = batch.width
+        positions = batch.lengths().to(self.device).unsqueeze(1)
+        mask = batch.begin_step()
         ids = torch.tensor(tokens, dtype=torch.long, device=self.device).unsqueeze(1)
-        logits, _ = self._forward(ids, mask, positions, state.cache, past=past)
+        try:
+            logits, _ = self._forward(ids, mask, positions, batch.cache, past=past)
+        finally:
+            batch.end_step()
         return logits
 
     def _forward(

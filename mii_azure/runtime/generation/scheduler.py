@@ -31,6 +31,7 @@ from ...errors import BadRequestError, RequestError, RequestTimeoutError, Scorin
 from ...tasks.base import Deadline
 from ...tasks.generation import TextGenerationParameters
 from .events import StreamEnd, StreamEvent, TextPiece
+from .batch_cache import BatchCache
 from .kv_cache import PaddedCache
 from .model_runner import CausalLMRunner
 from .sampling import TokenChooser, greedy_rows
@@ -125,7 +126,7 @@ class ContinuousBatcher:
         self._chunking: Optional[_Sequence] = None
         self._running: list[_Sequence] = []
         self._prefilling: list[_Sequence] = []  # the sequences of the current prefill pass
-        self._batch: Optional[PaddedCache] = None
+        self._batch = BatchCache()
         self._waiting = 0
         self._lock = threading.Lock()
         self._closed = False
@@ -228,7 +229,7 @@ class ContinuousBatcher:
                     except Exception as exc:
                         logger.exception("Decode step failed")
                         self._fail_group(list(self._running), exc)
-                        self._running, self._batch = [], None
+                        self._running, self._batch = [], BatchCache()
 
     def _take_requests(self, *, block: bool) -> bool:
         """Move new requests into the waiting line; False once closed with nothing left to do."""
@@ -380,20 +381,11 @@ class ContinuousBatcher:
         """Take each prefilled sequence's first token; those not finished join the running batch."""
         tokens = self._choose(group, logits)
         joining = [row for row, (sequence, token) in enumerate(zip(group, tokens)) if not self._advance(sequence, token)]
-        if not joining:
-            return
-        if len(joining) < len(group):
-            state.keep(joining)
-        joined = [group[row] for row in joining]
-        if self._batch is None:
-            self._batch = state
-        else:
-            self._batch.join(state)
-        self._running.extend(joined)
+        if joining:
+            self._batch.join(state, joining)
+            self._running.extend(group[row] for row in joining)
 
     def _decode_step(self) -> None:
-        if self._batch is None:
-            return
         logits = self.runner.decode(self._batch, [sequence.last_token for sequence in self._running])
         with self._lock:
             self.stats.steps += 1
@@ -405,11 +397,8 @@ class ContinuousBatcher:
     def _keep_rows(self, keep: list[int]) -> None:
         if len(keep) == len(self._running):
             return
-        self._running = [self._running[row] for row in keep]
-        if not self._running:
-            self._batch = None
-        elif self._batch is not None:
-            self._batch.keep(keep)
+        order = self._batch.keep(keep)
+        self._running = [self._running[row] for row in order]
 
     def _choose(self, sequences: list[_Sequence], logits: torch.Tensor) -> list[int]:
         greedy = [row for row, sequence in enumerate(sequences) if sequence.chooser.plain_greedy]
@@ -450,11 +439,7 @@ class ContinuousBatcher:
         self._waiting_sequences = deque(s for s in self._waiting_sequences if id(s.request) not in failed)
         if self._chunking is not None and id(self._chunking.request) in failed:
             self._chunking = None
-        keep = [row for row, s in enumerate(self._running) if id(s.request) not in failed]
-        if self._batch is not None and keep and len(keep) < len(self._running):
-            self._keep_rows(keep)
-        elif not keep:
-            self._running, self._batch = [], None
+        self._keep_rows([row for row, s in enumerate(self._running) if id(s.request) not in failed])
 
     def _answer(self, request: _Request, *, result: Optional[list[Any]] = None, error: Optional[BaseException] = None) -> None:
         if request.answered():

@@ -1,0 +1,231 @@
+"""The running batch's KV cache: preallocated slots written in place, so a step copies nothing.
+
+``transformers``' ``DynamicCache`` appends each new token by concatenation, copying the whole cache
+at every step, and joining or dropping a row would copy it again. Here every layer keeps one buffer
+of ``[row slots, heads, columns, head_dim]``. Rows are right-aligned: every row's last token is at
+column ``end - 1`` and a decode step writes column ``end`` for all rows at once. A joining sequence
+is copied into the next free slot; a leaving one is replaced by the last row (one row copied). The
+buffers grow by doubling, and move left when the columns at the start are no longer used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from .kv_cache import PaddedCache
+
+__all__ = ["BatchCache"]
+
+_FIRST_COLUMNS = 64
+_FIRST_ROWS = 4
+
+
+class BatchCache:
+    """Right-aligned KV cache of the rows being decoded; :attr:`cache` is what the model is given."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.end = 0  # one past the last real column of every row
+        self.start = 0  # the first column any row uses
+        self._lengths = torch.zeros(0, dtype=torch.long)
+        self._keys: list[torch.Tensor] = []
+        self._values: list[torch.Tensor] = []
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+        self._adding = 0  # tokens of the forward pass in progress
+        self.cache = DynamicCache()
+        self.cache.layers = []
+
+    # --- what the forward pass sees -----------------------------------------------------------
+    @property
+    def width(self) -> int:
+        """Columns the rows span: the past the model attends over."""
+        return self.end - self.start
+
+    def lengths(self) -> torch.Tensor:
+        """Real tokens of each row."""
+        return self._lengths[: self.rows]
+
+    def begin_step(self) -> torch.Tensor:
+        """Make room for one more token per row; the attention mask of that step, ``[rows, width + 1]``."""
+        self._reserve(self.rows, 1)
+        self._mask[: self.rows, self.end] = 1
+        self._adding = 1
+        return self._mask[: self.rows, self.start : self.end + 1]
+
+    def end_step(self) -> None:
+        """The forward pass wrote its column: count it."""
+        self._lengths[: self.rows] += self._adding
+        self.end += self._adding
+        self._adding = 0
+
+    def views(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        columns = slice(self.start, self.end + self._adding)
+        return self._keys[layer][: self.rows, :, columns], self._values[layer][: self.rows, :, columns]
+
+    def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        columns = slice(self.end, self.end + keys.shape[2])
+        self._keys[layer][: self.rows, :, columns] = keys
+        self._values[layer][: self.rows, :, columns] = values
+        return self.views(layer)
+
+    # --- rows joining and leaving --------------------------------------------------------------
+    def join(self, prefilled: PaddedCache, rows: list[int]) -> None:
+        """Copy ``rows`` of a prefilled group into the next slots (after the current rows)."""
+        layers = list(prefilled.cache.layers)
+        if not self._keys:
+            self._allocate(layers)
+        lengths = prefilled.lengths()
+        longest = int(lengths[rows].max())
+        if self.rows == 0:
+            self.end = self.start = 0
+        if longest > self.end:
+            if self.start > 0:
+                self._shift_left(self.start)
+            self._shift_right(longest - self.end)
+        self._reserve(self.rows + len(rows), 0)
+        width = prefilled.width
+        for slot, row in enumerate(rows, start=self.rows):
+            length = int(lengths[row])
+            target = slice(self.end - length, self.end)
+            source = slice(width - length, width)
+            for index, layer in enumerate(layers):
+                self._keys[index][slot, :, target] = layer.keys[row, :, source]
+                self._values[index][slot, :, target] = layer.values[row, :, source]
+            self._mask[slot].zero_()
+            self._mask[slot, target] = 1
+            self._lengths[slot] = length
+        self.rows += len(rows)
+        self.start = min(self.start, self.end - longest) if self.rows > len(rows) else self.end - longest
+
+    def keep(self, rows: list[int]) -> list[int]:
+        """Keep only ``rows``; returns the old row index now in each slot (the last row fills a gap)."""
+        kept = set(rows)
+        order = list(range(self.rows))
+        slot = 0
+        while slot < len(order):
+            if order[slot] in kept:
+                slot += 1
+                continue
+            last = len(order) - 1
+            if slot != last:
+                self._move(last, slot)
+                order[slot] = order[last]
+            order.pop()
+        self.rows = len(order)
+        self.start = self.end - int(self._lengths[: self.rows].max()) if self.rows else self.end
+        return order
+
+    # --- storage -------------------------------------------------------------------------------
+    def _allocate(self, layers: list[Any]) -> None:
+        self._mask = torch.zeros((_FIRST_ROWS, _FIRST_COLUMNS), dtype=torch.long, device=layers[0].keys.device)
+        self._lengths = torch.zeros(_FIRST_ROWS, dtype=torch.long)
+        for index, layer in enumerate(layers):
+            _, heads, _, key_dim = layer.keys.shape
+            value_dim = layer.values.shape[-1]
+            self._keys.append(layer.keys.new_zeros((_FIRST_ROWS, heads, _FIRST_COLUMNS, key_dim)))
+            self._values.append(layer.values.new_zeros((_FIRST_ROWS, heads, _FIRST_COLUMNS, value_dim)))
+            self.cache.layers.append(_SlotLayer(self, index))
+
+    def _reserve(self, rows: int, columns: int) -> None:
+        """Room for ``rows`` slots and ``columns`` more columns after ``end``."""
+        if self.end + columns > self._mask.shape[1] and self.start > 0:
+            self._shift_left(self.start)
+        self._grow(rows, self.end + columns)
+
+    def _reserve_columns(self, columns: int) -> None:
+        self._grow(self.rows, columns)
+
+    def _grow(self, rows: int, need_columns: int) -> None:
+        capacity_rows, capacity_columns = self._mask.shape
+        if rows <= capacity_rows and need_columns <= capacity_columns:
+            return
+        new_rows = max(capacity_rows, _grown(capacity_rows, rows))
+        new_columns = max(capacity_columns, _grown(capacity_columns, need_columns))
+        self._mask = _resized(self._mask, (new_rows, new_columns))
+        self._lengths = torch.cat([self._lengths, self._lengths.new_zeros(new_rows - capacity_rows)])
+        for index in range(len(self._keys)):
+            self._keys[index] = _resized(self._keys[index], (new_rows, None, new_columns, None))
+            self._values[index] = _resized(self._values[index], (new_rows, None, new_columns, None))
+
+    def _shift_left(self, by: int) -> None:
+        rows, used = slice(0, self.rows), slice(by, self.end)
+        for buffers in (self._keys, self._values):
+            for index, buffer in enumerate(buffers):
+                buffer[rows, :, : self.end - by] = buffer[rows, :, used].clone()
+        self._mask[rows, : self.end - by] = self._mask[rows, used].clone()
+        self._mask[rows, self.end - by : self.end] = 0
+        self.end -= by
+        self.start -= by
+
+    def _shift_right(self, by: int) -> None:
+        """Move every row ``by`` columns right (the cache starts at column 0 here)."""
+        self._reserve_columns(self.end + by)
+        rows, used = slice(0, self.rows), slice(0, self.end)
+        for buffers in (self._keys, self._values):
+            for buffer in buffers:
+                buffer[rows, :, by : self.end + by] = buffer[rows, :, used].clone()
+        self._mask[rows, by : self.end + by] = self._mask[rows, used].clone()
+        self._mask[rows, :by] = 0
+        self.end += by
+        self.start += by
+
+    def _move(self, source: int, target: int) -> None:
+        columns = slice(self.start, self.end)
+        for buffers in (self._keys, self._values):
+            for buffer in buffers:
+                buffer[target, :, columns] = buffer[source, :, columns]
+        self._mask[target] = self._mask[source]
+        self._lengths[target] = self._lengths[source]
+
+
+class _SlotLayer(DynamicLayer):
+    """One layer of :class:`BatchCache` as ``transformers`` expects a cache layer to behave."""
+
+    def __init__(self, store: BatchCache, index: int) -> None:
+        self._store = store
+        self._index = index
+        self.is_initialized = True
+
+    @property  # type: ignore[override]
+    def keys(self) -> torch.Tensor:
+        return self._store.views(self._index)[0]
+
+    @keys.setter
+    def keys(self, value: Any) -> None:  # the base class's initial ``None``; the buffers are the store's
+        pass
+
+    @property  # type: ignore[override]
+    def values(self) -> torch.Tensor:
+        return self._store.views(self._index)[1]
+
+    @values.setter
+    def values(self, value: Any) -> None:
+        pass
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._store.write(self._index, key_states, value_states)
+
+    def get_seq_length(self, *args: Any, **kwargs: Any) -> int:
+        return self._store.end - self._store.start
+
+    def get_mask_sizes(self, query: Any, *args: Any, **kwargs: Any) -> tuple[int, int]:
+        # transformers 5.0 passes the cache positions, later versions the query length.
+        query_length = query if isinstance(query, int) else int(query.shape[0])
+        return self.get_seq_length() + query_length, 0
+
+
+def _grown(capacity: int, needed: int) -> int:
+    while capacity < needed:
+        capacity *= 2
+    return capacity
+
+
+def _resized(tensor: torch.Tensor, shape: tuple[Any, ...]) -> torch.Tensor:
+    """A zero tensor of ``shape`` (None keeps a dimension) holding ``tensor`` in its leading corner."""
+    full = tuple(size if size is not None else tensor.shape[dim] for dim, size in enumerate(shape))
+    grown = tensor.new_zeros(full)
+    grown[tuple(slice(0, size) for size in tensor.shape)] = tensor
+    return grown

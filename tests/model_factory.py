@@ -28,9 +28,19 @@ __all__ = [
     "build_bert_encoder",
     "build_bert_fill_mask",
     "build_bert_question_answering",
+    "build_bart",
     "build_bert_token_classifier",
+    "build_bloom",
+    "build_falcon",
+    "build_gemma",
     "build_gpt2",
+    "build_gptj",
+    "build_gpt_neox",
     "build_llama",
+    "build_mistral",
+    "build_opt",
+    "build_phi",
+    "build_qwen2",
     "build_sentence_transformer",
     "build_stable_diffusion",
     "build_t5",
@@ -82,6 +92,15 @@ CORPUS: tuple[str, ...] = (
 _BERT_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _GPT2_EOS = "<|endoftext|>"
 _T5_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "</s>", "<unk>")
+_BART_SPECIAL_TOKENS: tuple[str, ...] = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
+#: What a tokenizer that also returns ``token_type_ids`` (Falcon's, like any tokenizer saved without
+#: its own ``model_input_names``) names as model inputs.
+_WITH_TOKEN_TYPE_IDS: tuple[str, ...] = ("input_ids", "token_type_ids", "attention_mask")
+#: Positions of the tiny causal LMs beyond GPT-2 (their tokenizers' ``model_max_length`` too).
+_TINY_POSITIONS = 128
+#: Weight init spread of those LMs: at the usual 0.02 the families with tied embeddings greedily repeat
+#: one token forever; at 0.3 every family writes varied text, with clear gaps between top logits.
+_TINY_INIT_RANGE = 0.3
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
 
@@ -171,6 +190,79 @@ def _gpt2_tokenizer(model_max_length: int) -> Any:
         unk_token=_GPT2_EOS,
         pad_token=_GPT2_EOS,
         model_max_length=model_max_length,
+    )
+
+
+def _byte_level_tokenizer(model_max_length: int, *, token_type_ids: bool = False) -> Any:
+    """The GPT-2 byte-level BPE; with ``token_type_ids`` a generic fast tokenizer that returns them
+    too, as Falcon's does."""
+    if not token_type_ids:
+        return _gpt2_tokenizer(model_max_length)
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_gpt2_tokenizer_json()),
+        bos_token=_GPT2_EOS,
+        eos_token=_GPT2_EOS,
+        unk_token=_GPT2_EOS,
+        pad_token=_GPT2_EOS,
+        model_max_length=model_max_length,
+        model_input_names=list(_WITH_TOKEN_TYPE_IDS),
+    )
+
+
+def _qwen2_tokenizer(model_max_length: int) -> Any:
+    """The GPT-2 byte-level vocabulary and merges in a ``Qwen2Tokenizer``: transformers loads a qwen2
+    model's tokenizer as that class whatever the saved config names, with Qwen2's own pre-tokenizer."""
+    from transformers import Qwen2Tokenizer
+
+    trained = json.loads(_gpt2_tokenizer_json())["model"]
+    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in trained["merges"]]
+    return Qwen2Tokenizer(
+        vocab=trained["vocab"],
+        merges=merges,
+        unk_token=_GPT2_EOS,
+        eos_token=_GPT2_EOS,
+        pad_token=_GPT2_EOS,
+        model_max_length=model_max_length,
+    )
+
+
+@lru_cache(maxsize=None)
+def _bart_tokenizer_json() -> str:
+    """Byte-level BPE with BART's special ids (``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3,
+    ``<mask>``=4) and its ``<s> text </s>`` template, serialised as JSON."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        min_frequency=1,
+        special_tokens=list(_BART_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_corpus_iterator(), trainer=trainer)
+    specials = [(token, tokenizer.token_to_id(token)) for token in ("<s>", "</s>")]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=specials
+    )
+    return tokenizer.to_str()
+
+
+def _bart_tokenizer(model_max_length: int, *, token_type_ids: bool = False) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    names = list(_WITH_TOKEN_TYPE_IDS) if token_type_ids else ["input_ids", "attention_mask"]
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_bart_tokenizer_json()),
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=model_max_length,
+        model_input_names=names,
     )
 
 
@@ -298,6 +390,238 @@ def build_llama(directory: Path) -> Path:
     )
     model = LlamaForCausalLM(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _save_causal_lm(directory: Path, config_cls: type, model_cls: type, tokenizer: Any, **fields: Any) -> Path:
+    """Save ``model_cls(config_cls(**fields))`` and ``tokenizer`` into ``directory`` (already prepared);
+    the tokenizer's end-of-text is BOS, EOS and padding, as in GPT-2."""
+    from transformers import GenerationConfig
+
+    eos_id = tokenizer.eos_token_id
+    ids = {"bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": eos_id}
+    config = config_cls(vocab_size=len(tokenizer), **ids, **fields)
+    model = model_cls(config).eval()
+    model.generation_config = GenerationConfig(**ids)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_gptj(directory: Path) -> Path:
+    """Tiny GPT-J causal LM (rotary on part of each head) with the GPT-2 byte-level tokenizer."""
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        GPTJConfig,
+        GPTJForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS),
+        n_positions=_TINY_POSITIONS,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=64,
+        rotary_dim=4,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_gpt_neox(directory: Path) -> Path:
+    """Tiny GPT-NeoX (Pythia-style) causal LM with the GPT-2 byte-level tokenizer."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=_TINY_POSITIONS,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_opt(directory: Path) -> Path:
+    """Tiny OPT causal LM (learned positions, offset by 2) with the GPT-2 byte-level tokenizer."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        OPTConfig,
+        OPTForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS),
+        hidden_size=32,
+        word_embed_proj_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        ffn_dim=64,
+        max_position_embeddings=_TINY_POSITIONS,
+        init_std=_TINY_INIT_RANGE,
+    )
+
+
+def build_bloom(directory: Path) -> Path:
+    """Tiny BLOOM causal LM (ALiBi, no position limit in its config; the tokenizer's is 128) with
+    the GPT-2 byte-level tokenizer."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        BloomConfig,
+        BloomForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS),
+        hidden_size=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_mistral(directory: Path) -> Path:
+    """Tiny Mistral causal LM (grouped-query attention, a sliding window wider than its positions)
+    with the GPT-2 byte-level tokenizer."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        MistralConfig,
+        MistralForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=_TINY_POSITIONS,
+        sliding_window=_TINY_POSITIONS,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_falcon(directory: Path) -> Path:
+    """Tiny Falcon causal LM (multi-query attention, rotary) whose tokenizer returns ``token_type_ids``,
+    as the real Falcon tokenizer does, though the model takes none."""
+    from transformers import FalconConfig, FalconForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        FalconConfig,
+        FalconForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS, token_type_ids=True),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        multi_query=True,
+        alibi=False,
+        max_position_embeddings=_TINY_POSITIONS,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_qwen2(directory: Path) -> Path:
+    """Tiny Qwen2 causal LM (grouped-query attention, biased q/k/v) with the GPT-2 byte-level
+    vocabulary in Qwen2's tokenizer."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        _qwen2_tokenizer(_TINY_POSITIONS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=_TINY_POSITIONS,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_phi(directory: Path) -> Path:
+    """Tiny Phi (``PhiForCausalLM``, partial rotary) causal LM whose tokenizer also returns
+    ``token_type_ids``, which the model does not take."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        PhiConfig,
+        PhiForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS, token_type_ids=True),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=_TINY_POSITIONS,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_gemma(directory: Path) -> Path:
+    """Tiny Gemma (v1, ``GemmaForCausalLM``: multi-query attention, scaled embeddings) causal LM with
+    the GPT-2 byte-level tokenizer."""
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    directory = _prepare(directory)
+    return _save_causal_lm(
+        directory,
+        GemmaConfig,
+        GemmaForCausalLM,
+        _byte_level_tokenizer(_TINY_POSITIONS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=_TINY_POSITIONS,
+        initializer_range=_TINY_INIT_RANGE,
+    )
+
+
+def build_bart(directory: Path) -> Path:
+    """Tiny BART encoder-decoder (``<s>``=0, ``<pad>``=1, ``</s>``=2; decoding starts at ``</s>``) with
+    a byte-level BPE tokenizer that also returns ``token_type_ids``, which BART does not take."""
+    from transformers import BartConfig, BartForConditionalGeneration, GenerationConfig
+
+    directory = _prepare(directory)
+    tokenizer = _bart_tokenizer(model_max_length=_TINY_POSITIONS, token_type_ids=True)
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "decoder_start_token_id": tokenizer.eos_token_id,
+    }
+    config = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=_TINY_POSITIONS,
+        init_std=_TINY_INIT_RANGE,
+        forced_eos_token_id=None,
+        **ids,
+    )
+    model = BartForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -547,6 +871,16 @@ BUILDERS: dict[str, Callable[[Path], Path]] = {
     "gpt2": build_gpt2,
     "llama": build_llama,
     "t5": build_t5,
+    "gptj": build_gptj,
+    "gpt_neox": build_gpt_neox,
+    "opt": build_opt,
+    "bloom": build_bloom,
+    "mistral": build_mistral,
+    "falcon": build_falcon,
+    "qwen2": build_qwen2,
+    "phi": build_phi,
+    "gemma": build_gemma,
+    "bart": build_bart,
     "bert_classifier": build_bert_classifier,
     "bert_fill_mask": build_bert_fill_mask,
     "bert_token_classifier": build_bert_token_classifier,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -35,6 +36,9 @@ class TextModelTask(Task):
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.max_input_tokens = settings.max_input_tokens or self.model_input_limit()
+        #: Tokenizer outputs that ``encode`` leaves out because the model's forward pass takes no such
+        #: argument (Falcon's tokenizer returns ``token_type_ids``; ``generate`` refuses unused inputs).
+        self.unused_tokenizer_inputs = unused_tokenizer_inputs(model, tokenizer)
 
     @classmethod
     def load(cls, model_dir: Path, facts: ModelFacts, settings: ServingSettings, options: LoadOptions) -> "Task":
@@ -81,9 +85,30 @@ class TextModelTask(Task):
             reset()
 
     def encode(self, texts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Tokenize and pad ``texts`` into tensors on the model's device."""
+        """Tokenize and pad ``texts`` into tensors on the model's device, without the model inputs the
+        model does not take (extras asked for in ``kwargs``, such as offsets, are kept)."""
         encoded = self.tokenizer(texts, padding=True, return_tensors="pt", **kwargs)
-        return {key: value.to(self.device) for key, value in encoded.items()}
+        return {
+            key: value.to(self.device) for key, value in encoded.items() if key not in self.unused_tokenizer_inputs
+        }
+
+
+def unused_tokenizer_inputs(model: Any, tokenizer: Any) -> frozenset[str]:
+    """The model inputs ``tokenizer`` returns (its ``model_input_names``) that ``model.forward`` names
+    no parameter for; none when the signature cannot tell (a wrapper taking only ``*args, **kwargs``)."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return frozenset()
+    named = {
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    if "input_ids" not in named:
+        return frozenset()
+    returned = set(getattr(tokenizer, "model_input_names", None) or ()) | {"token_type_ids"}
+    return frozenset(returned - named)
 
 
 def load_tokenizer(model_dir: Path, *, padding_side: str = "right") -> Any:

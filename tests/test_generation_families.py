@@ -151,6 +151,7 @@ def test_causal_family_answers_equal_plain_greedy_generate(family_dirs: dict[str
     engine = _load(family_dirs[family])
     try:
         assert engine.task_name == "text-generation"
+        assert engine.scheduling == "continuous", engine.scheduling_reason
         _check_family(family_dirs[family], engine, TextGeneration, seq2seq=False)
     finally:
         engine.close()

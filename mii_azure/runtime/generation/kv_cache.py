@@ -32,7 +32,7 @@ def unsupported_reason(cache: Any, *, max_positions: Optional[int]) -> Optional[
             continue
         if type(layer) is DynamicSlidingWindowLayer:
             window = layer.sliding_window
-            if max_positions and window > max_positions:
+            if max_positions and window >= max_positions:
                 continue  # the window never slides: the layer holds every position
             return f"its attention slides over a window of {window} tokens"
         return f"its cache has {type(layer).__name__} layers"

@@ -128,6 +128,9 @@ def deployment_spec(
         "WORKER_COUNT": str(plan.replicas),
         # Threads let concurrent requests reach each copy's batcher (the server's workers are sync otherwise).
         "GUNICORN_CMD_ARGS": f"--threads {worker_threads(plan)}",
+        # With Application Insights on, the server would log each response body, which reads a streamed
+        # answer whole before sending its first byte.
+        "APP_INSIGHTS_LOG_RESPONSE_ENABLED": "false",
         **extra,
     }
     if manifest.model.source is ModelSource.HUB:

@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--traffic", type=int, help="percent of an existing endpoint's traffic for the new deployment")
     deploy.add_argument("--mirror-traffic", type=int, help="percent of live traffic copied to the new deployment")
     deploy.add_argument("--max-usd-per-hour", type=float, help="refuse instances that would bill more an hour")
+    deploy.add_argument(
+        "--autoscale", type=_autoscale_range, metavar="MIN:MAX",
+        help="Azure Monitor autoscale between MIN and MAX instances (GPU/CPU utilization; deleted with the deployment)",
+    )
     deploy.add_argument("--rps", type=float, help="--sku auto: requests per second to serve")
     deploy.add_argument("--slo-ms", type=float, help="--sku auto: latency target (ms per token, request or image)")
     deploy.add_argument("--prompt-tokens", type=int, help="--sku auto: prompt tokens per request")
@@ -111,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     query = commands.add_parser("query", help="send a request to a deployment and print the response")
     query.add_argument("name", help="deployment name (local) or endpoint name (--azure)")
     query.add_argument("request", help='JSON request, e.g. \'{"query": ["DeepSpeed is"]}\', or plain text')
+    query.add_argument(
+        "--stream", action="store_true", help="text generation: print the text as it is made (one input)"
+    )
     _add_workspace_arguments(query, deployment=True)
     query.set_defaults(handler=_query)
 
@@ -263,6 +270,16 @@ def _workspace_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def _autoscale_range(text: str) -> Any:
+    """``--autoscale MIN:MAX`` as a :class:`mii_azure.Autoscale` (a bad value is argparse's usage error)."""
+    from .autoscale import Autoscale
+
+    try:
+        return Autoscale.parse(text)
+    except MiiAzureError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from .api import deploy
 
@@ -310,6 +327,7 @@ def _deploy(args: argparse.Namespace) -> int:
         traffic=args.traffic,
         mirror_traffic=args.mirror_traffic,
         max_usd_per_hour=args.max_usd_per_hour,
+        autoscale=args.autoscale,
         replicas=args.replicas,
     )
     if args.dry_run:
@@ -404,7 +422,25 @@ def _query(args: argparse.Namespace) -> int:
         request: Any = json.loads(args.request)
     except ValueError:
         request = args.request
+    if args.stream:
+        return _stream(_handle(args), request)
     print(json.dumps(_handle(args).query(request), indent=2))
+    return 0
+
+
+def _stream(handle: Any, request: Any) -> int:
+    """Print a streamed generation's pieces as they arrive, then a newline."""
+    printed = False
+    try:
+        with handle.stream(request) as pieces:
+            for piece in pieces:
+                print(piece, end="", flush=True)
+                printed = True
+    except MiiAzureError:
+        if printed:
+            print(flush=True)  # the error message then starts a line of its own
+        raise
+    print(flush=True)
     return 0
 
 

@@ -8,6 +8,9 @@ statuses: a non-200 from the container arrives as **424** with the container's s
 ``ms-azureml-model-error-statuscode`` header; the front's own request timeout is **408**; too many
 pending requests, or the rate limit, is **429**; no deployment taking traffic is **404**.
 
+``stream`` asks for the same answer as server-sent events (DESIGN.md section 3a) and returns a
+:class:`TextStream` that yields the text as it arrives; its errors are the same types as ``query``'s.
+
 Requests the server did not run (429, 503, a connection that could not be opened or that was
 dropped before any answer) are retried with bounded, jittered exponential backoff that honours
 ``Retry-After`` (see :class:`Retries`). Keys and tokens come from an ``auth`` header provider called
@@ -22,13 +25,16 @@ import logging
 import random
 import time
 import urllib.error
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Protocol, Union
 
 from .errors import (
     AuthenticationError,
+    BadRequestError,
     ConfigError,
     EndpointNotFoundError,
+    PayloadTooLargeError,
     RequestError,
     RequestTimeoutError,
     ScoringError,
@@ -43,6 +49,7 @@ from .http_transport import (
     HttpResponse,
     HttpTransport,
     PooledTransport,
+    StreamedResponse,
     UrllibTransport,
 )
 from .planner import OptimizationPlan
@@ -50,6 +57,7 @@ from .sku_choice import AZURE_MAX_REQUEST_TIMEOUT_S
 
 __all__ = [
     "Deployment",
+    "TextStream",
     "DeploymentBackend",
     "Retries",
     "AuthProvider",
@@ -134,7 +142,7 @@ class Retries:
 class _Exchange:
     """The last answer of a (possibly retried) request, and what it took to get it."""
 
-    response: HttpResponse
+    response: Union[HttpResponse, StreamedResponse]
     tries: int
     waited_s: float
     secrets: frozenset[str]
@@ -208,8 +216,45 @@ class Deployment:
             return payload
         raise self._http_error(exchange, payload)
 
-    def _post(self, body: bytes) -> _Exchange:
-        """POST ``body``, retrying what :class:`Retries` allows; the last answer, or a translated error."""
+    def stream(self, request: Union[str, Mapping[str, Any], None] = None, **parameters: Any) -> "TextStream":
+        """Generate text for one input and yield it piece by piece as the deployment makes it.
+
+        ``request`` and keyword parameters are as for :meth:`query` (one input; ``"stream": true``
+        is added). Returns a :class:`TextStream`: iterate it for the pieces (str); once it is
+        exhausted, ``.entry`` is the entry :meth:`query` would answer and ``.response`` the whole
+        final event (entry, task, model, replica, timing). A request refused before the stream
+        starts raises the same error as :meth:`query`; a failure after it, from the iteration.
+        Close the stream (or leave its ``with`` block) to stop early: the deployment gives up the
+        generation. ``timeout_s`` bounds each wait for the next piece.
+        """
+        if not callable(getattr(self._transport, "post_stream", None)):
+            raise ConfigError(
+                f"The handle's transport {type(self._transport).__name__} cannot stream: it has no post_stream(). "
+                "Use the default PooledTransport (leave transport= out) for Deployment.stream.",
+                transport=type(self._transport).__name__,
+            )
+        body = {**_request_body(request, parameters), "stream": True}
+        exchange = self._post(json.dumps(body).encode("utf-8"), stream=True)
+        response = exchange.response
+        content_type = (response.header("Content-Type") or "").split(";")[0].strip().lower()
+        if response.status == 200 and content_type == "text/event-stream" and isinstance(response, StreamedResponse):
+            return TextStream(self, response, exchange.secrets)
+        try:
+            whole = response.to_response() if isinstance(response, StreamedResponse) else response
+        except OSError as exc:
+            raise self._transport_error(exc, exchange.tries, exchange.waited_s, exchange.secrets) from exc
+        payload = _decode(whole.body)
+        if whole.status == 200:
+            raise ScoringError(
+                f"Deployment {self.name!r} answered a streamed request without streaming (Content-Type "
+                f"{content_type or 'none'}): it may serve an older mii_azure; deploy it again, or use query().",
+                **self._facts(status_code=200),
+            )
+        raise self._http_error(replace(exchange, response=whole), payload)
+
+    def _post(self, body: bytes, *, stream: bool = False) -> _Exchange:
+        """POST ``body``, retrying what :class:`Retries` allows; the last answer, or a translated error.
+        With ``stream``, the answer is a :class:`StreamedResponse` whose body is still to be read."""
         policy = self.retries
         started = policy.clock()
         waited = 0.0
@@ -217,9 +262,13 @@ class Deployment:
         while True:
             tries += 1
             headers, secrets = self._request_headers()
-            last: Union[HttpResponse, OSError]
+            last: Union[HttpResponse, StreamedResponse, OSError]
             try:
-                last = self._transport.post(self.scoring_uri, body, headers, self.timeout_s)
+                if stream:
+                    headers["Accept"] = "text/event-stream"
+                    last = self._transport.post_stream(self.scoring_uri, body, headers, self.timeout_s)  # type: ignore[attr-defined]
+                else:
+                    last = self._transport.post(self.scoring_uri, body, headers, self.timeout_s)
             except OSError as exc:
                 if not _not_run(exc):
                     raise self._transport_error(exc, tries, waited, secrets) from exc
@@ -241,6 +290,8 @@ class Deployment:
                 "Deployment %r: %s; the request was not run, retry %d of %d in %.2f s.",
                 self.name, why, tries, policy.max_retries, wait,
             )
+            if isinstance(last, StreamedResponse):
+                last.close()
             policy.sleep(wait)
             waited += wait
 
@@ -338,6 +389,33 @@ class Deployment:
             )
         return error_type(message, **facts)
 
+    def _stream_error(self, error: Any, secrets: frozenset[str]) -> RequestError:
+        """The SDK error for a stream's error event (``{"code", "message"}``)."""
+        fields = error if isinstance(error, dict) else {}
+        message = _redact(str(fields.get("message") or error), secrets)
+        error_type = _ERROR_BY_CODE.get(str(fields.get("code")), ScoringError)
+        facts = self._facts(status_code=error_type.status, during_stream=True)
+        if error_type is ServiceUnavailableError:
+            return ServiceUnavailableError(message, retry_after=1.0, **facts)
+        return error_type(message, **facts)
+
+    def _stream_cut(self, exc: OSError, received: int, secrets: frozenset[str]) -> RequestError:
+        """The SDK error for a stream that stopped arriving before its final event."""
+        detail = _redact(str(exc) or type(exc).__name__, secrets)
+        facts = self._facts(scoring_uri=self.scoring_uri, received_chars=received)
+        if isinstance(exc, TimeoutError):
+            return RequestTimeoutError(
+                f"Deployment {self.name!r} sent nothing new for timeout_s={self.timeout_s:g} s in the middle of a stream, "
+                f"after {received} characters ({detail}). Ask for fewer new tokens, or raise the handle's timeout_s.",
+                timeout_s=self.timeout_s,
+                **facts,
+            )
+        return ScoringError(
+            f"The stream from deployment {self.name!r} was cut off after {received} characters ({detail}). "
+            "See its logs (handle.logs()).",
+            **facts,
+        )
+
     def _transport_error(
         self, exc: OSError, tries: int, waited: float, secrets: frozenset[str]
     ) -> Union[RequestError, ConfigError]:
@@ -419,7 +497,107 @@ class Deployment:
         return f"Deployment(name={self.name!r}, target={self.target!r}, scoring_uri={self.scoring_uri!r}{azure})"
 
 
+class TextStream:
+    """The text of one streamed generation, piece by piece as the deployment sends it.
+
+    Iterate it for the pieces (str); :attr:`text` is what has arrived so far. Once it is exhausted,
+    :attr:`response` is the final event (``entry``, ``task``, ``model``, ``replica``, ``timing``) and
+    :attr:`entry` its entry (``{"generated_text", "num_tokens"}``, as :meth:`Deployment.query` answers
+    it). A failure after the first piece raises the SDK's error for it from the iteration. Close it
+    (or use it as a context manager) to stop early: the deployment gives the generation up.
+    """
+
+    def __init__(self, deployment: Deployment, response: StreamedResponse, secrets: frozenset[str] = frozenset()) -> None:
+        self.deployment = deployment
+        self.text = ""
+        self.response: Optional[dict[str, Any]] = None
+        self._http = response
+        self._events = _sse_events(response.iter_lines())
+        self._secrets = secrets
+        self._closed = False
+
+    @property
+    def entry(self) -> Optional[dict[str, Any]]:
+        """The generation's entry once the stream is done; None before."""
+        return self.response.get("entry") if self.response is not None else None
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        if self._closed:
+            raise StopIteration
+        try:
+            for event in self._events:
+                if not isinstance(event, dict):
+                    continue  # not one of the contract's events
+                if "text" in event:
+                    piece = str(event["text"])
+                    self.text += piece
+                    return piece
+                if event.get("done"):
+                    self.response = {key: value for key, value in event.items() if key != "done"}
+                    self._finish()
+                    raise StopIteration
+                if "error" in event:
+                    self.close()
+                    raise self.deployment._stream_error(event["error"], self._secrets)
+        except OSError as exc:
+            self.close()
+            raise self.deployment._stream_cut(exc, len(self.text), self._secrets) from exc
+        self.close()
+        raise ScoringError(
+            f"The stream from deployment {self.deployment.name!r} ended without its final event, after "
+            f"{len(self.text)} characters. See its logs (handle.logs()).",
+            **self.deployment._facts(received_chars=len(self.text)),
+        )
+
+    def _finish(self) -> None:
+        """Read the (empty) rest of the body, so that the connection can serve the next request."""
+        try:
+            self._http.read()
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading; a generation still running is given up."""
+        self._closed = True
+        self._http.close()
+
+    def __enter__(self) -> "TextStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "done" if self.response is not None else "closed" if self._closed else "open"
+        return f"TextStream(deployment={self.deployment.name!r}, {state}, received={len(self.text)} chars)"
+
+
 # --- helpers ----------------------------------------------------------------------------------------
+
+# The error codes of the scoring contract (DESIGN.md section 3), as a stream's error event names them.
+_ERROR_BY_CODE: dict[str, type[RequestError]] = {
+    cls.code: cls for cls in (BadRequestError, PayloadTooLargeError, ServiceUnavailableError, RequestTimeoutError, ScoringError)
+}
+
+
+def _sse_events(lines: Iterator[bytes]) -> Iterator[Any]:
+    """The decoded JSON data of each server-sent event (its ``data:`` lines, up to a blank line)."""
+    data: list[bytes] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield _decode(b"\n".join(data))
+                data = []
+            continue
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            data.append(value[1:] if value.startswith(b" ") else value)
+    if data:
+        yield _decode(b"\n".join(data))
 
 
 def _retries(retries: Union[Retries, int, None]) -> Retries:

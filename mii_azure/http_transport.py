@@ -1,5 +1,8 @@
 """The HTTP transport under :class:`~mii_azure.deployment.Deployment`: one POST, nothing else.
 
+``post`` returns the whole answer; ``post_stream`` returns as soon as the status and headers are in,
+with a :class:`StreamedResponse` whose body is read line by line as it arrives (server-sent events).
+
 A transport sends bytes and returns bytes; it knows nothing of the scoring contract, retries or the
 SDK's error types (the handle translates, once). What it does promise is to say *how far* a failed
 request got, because that decides whether the handle may send it again:
@@ -29,14 +32,16 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Mapping, Optional, Protocol
+from typing import Callable, Mapping, Optional, Protocol
 
 from .errors import ConfigError
 
 __all__ = [
     "HttpResponse",
     "HttpTransport",
+    "StreamedResponse",
     "PooledTransport",
     "UrllibTransport",
     "TransportError",
@@ -62,14 +67,101 @@ class HttpResponse:
 
     def header(self, name: str) -> Optional[str]:
         """The value of header ``name``, whatever the case of its name; None when absent."""
-        value = self.headers.get(name)
-        if value is not None:
+        return _find_header(self.headers, name)
+
+
+def _find_header(headers: Mapping[str, str], name: str) -> Optional[str]:
+    value = headers.get(name)
+    if value is not None:
+        return value
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
             return value
-        wanted = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == wanted:
-                return value
-        return None
+    return None
+
+
+class StreamedResponse:
+    """An answer whose body is read as it arrives: ``status`` and ``headers`` at once, then the body
+    line by line (:meth:`iter_lines`) or whole (:meth:`read`).
+
+    Close it when done with it, or use it as a context manager: a body read to its end gives a
+    pooled connection back; closing it before the end closes the connection, which tells the server
+    the client went away. Reading raises :class:`ReadTimeoutError` when nothing new arrives within
+    ``timeout_s``, and :class:`TransportError` when the answer is cut off.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: "http.client.HTTPResponse | urllib.error.HTTPError",
+        *,
+        url: str,
+        timeout_s: float,
+        release: Callable[[bool], None],
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.url = url
+        self.timeout_s = timeout_s
+        self._body = body
+        self._release: Optional[Callable[[bool], None]] = release
+
+    def header(self, name: str) -> Optional[str]:
+        """The value of header ``name``, whatever the case of its name; None when absent."""
+        return _find_header(self.headers, name)
+
+    def iter_lines(self) -> Iterator[bytes]:
+        """The body's lines as they arrive, without their line endings; the body is closed at its end."""
+        while True:
+            line = self._read(self._body.readline)
+            if not line:
+                self.close()
+                return
+            yield line.rstrip(b"\r\n")
+
+    def read(self) -> bytes:
+        """The rest of the body; the response is closed after it."""
+        try:
+            return self._read(self._body.read)
+        finally:
+            self.close()
+
+    def to_response(self) -> HttpResponse:
+        """The whole answer (the rest of its body read now) as an :class:`HttpResponse`."""
+        return HttpResponse(self.status, self.read(), self.headers)
+
+    def _read(self, read: Callable[[], bytes]) -> bytes:
+        try:
+            return read()
+        except TimeoutError as exc:
+            self.close()
+            raise ReadTimeoutError(
+                f"Nothing new arrived from {self.url} within {self.timeout_s:g} s.", url=self.url, timeout_s=self.timeout_s
+            ) from exc
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            self.close()
+            raise TransportError(f"The answer from {self.url} was cut off ({type(exc).__name__}: {exc}).", url=self.url) from exc
+
+    def close(self) -> None:
+        """Stop reading; the connection is reused only if the whole body was read."""
+        release, self._release = self._release, None
+        if release is not None:
+            isclosed = getattr(self._body, "isclosed", None)
+            finished = bool(isclosed()) if isclosed is not None else False
+            if not finished:
+                self._body.close()
+            release(finished)
+
+    def __enter__(self) -> "StreamedResponse":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StreamedResponse(status={self.status}, url={self.url!r})"
 
 
 class HttpTransport(Protocol):
@@ -82,6 +174,9 @@ class HttpTransport(Protocol):
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> HttpResponse:
         """POST ``body`` to ``url`` and return the answer, whatever its status."""
+
+    # Optional: ``post_stream(url, body, headers, timeout_s) -> StreamedResponse``, the same POST
+    # returning once the status and headers are in; ``Deployment.stream`` needs it.
 
 
 # --- how far a failed request got -----------------------------------------------------------------
@@ -197,13 +292,38 @@ class PooledTransport:
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> HttpResponse:
         """POST ``body`` to ``url`` over a pooled connection and return the whole answer."""
-        key, target = _split(url)
-        connection, reused = self._checkout(key, timeout_s, url)
+        key, connection, response = self._open(url, body, headers, timeout_s)
         try:
-            return self._exchange(key, connection, target, body, headers, timeout_s, url, reused=reused)
-        except _StaleConnection:
-            connection = self._connect(key, timeout_s, url)
-            return self._exchange(key, connection, target, body, headers, timeout_s, url, reused=False)
+            data = response.read()
+        except TimeoutError as exc:
+            connection.close()
+            raise ReadTimeoutError(
+                f"The answer from {url} did not finish within {timeout_s:g} s.", url=url, timeout_s=timeout_s
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise TransportError(f"The answer from {url} was cut off ({type(exc).__name__}: {exc}).", url=url) from exc
+        except BaseException:
+            connection.close()
+            raise
+        answer = HttpResponse(response.status, data, _headers(response))
+        self._release(key, connection, response, finished=True)
+        return answer
+
+    def post_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> StreamedResponse:
+        """POST ``body`` to ``url`` over a pooled connection; return once the status and headers are in.
+
+        ``timeout_s`` bounds connecting, the wait for the headers, and then each wait for more of the body.
+        """
+        key, connection, response = self._open(url, body, headers, timeout_s)
+        return StreamedResponse(
+            response.status,
+            _headers(response),
+            response,
+            url=url,
+            timeout_s=timeout_s,
+            release=lambda finished: self._release(key, connection, response, finished=finished),
+        )
 
     def close(self) -> None:
         """Close every idle connection (connections in use close when their request is done)."""
@@ -255,9 +375,21 @@ class PooledTransport:
                 self._ssl_context = default_ssl_context()
             return self._ssl_context
 
-    def _exchange(
+    def _open(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+    ) -> tuple[_PoolKey, http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send the request on a pooled connection (once more on a fresh one if a reused one was
+        found dead) and wait for the status and headers of the answer."""
+        key, target = _split(url)
+        connection, reused = self._checkout(key, timeout_s, url)
+        try:
+            return key, connection, self._send(connection, target, body, headers, timeout_s, url, reused=reused)
+        except _StaleConnection:
+            connection = self._connect(key, timeout_s, url)
+            return key, connection, self._send(connection, target, body, headers, timeout_s, url, reused=False)
+
+    def _send(
         self,
-        key: _PoolKey,
         connection: http.client.HTTPConnection,
         target: str,
         body: bytes,
@@ -266,41 +398,36 @@ class PooledTransport:
         url: str,
         *,
         reused: bool,
-    ) -> HttpResponse:
-        """Send the request on ``connection`` and read the whole answer; pool the connection after."""
+    ) -> http.client.HTTPResponse:
+        """Send the request on ``connection`` and wait for the answer's status and headers."""
         try:
-            try:
-                connection.request("POST", target, body=body, headers=dict(headers))
-                response = connection.getresponse()
-            except TimeoutError as exc:
-                raise ReadTimeoutError(
-                    f"No answer from {url} within {timeout_s:g} s.", url=url, timeout_s=timeout_s
-                ) from exc
-            except _CONNECTION_GONE as exc:
-                if reused:
-                    raise _StaleConnection(str(exc)) from exc
-                raise ConnectionLostError(
-                    f"{url} closed the connection before answering ({type(exc).__name__}: {exc}).", url=url
-                ) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                raise TransportError(f"No valid answer from {url} ({type(exc).__name__}: {exc}).", url=url) from exc
-            try:
-                data = response.read()
-            except TimeoutError as exc:
-                raise ReadTimeoutError(
-                    f"The answer from {url} did not finish within {timeout_s:g} s.", url=url, timeout_s=timeout_s
-                ) from exc
-            except (OSError, http.client.HTTPException) as exc:
-                raise TransportError(f"The answer from {url} was cut off ({type(exc).__name__}: {exc}).", url=url) from exc
+            connection.request("POST", target, body=body, headers=dict(headers))
+            return connection.getresponse()
+        except TimeoutError as exc:
+            connection.close()
+            raise ReadTimeoutError(f"No answer from {url} within {timeout_s:g} s.", url=url, timeout_s=timeout_s) from exc
+        except _CONNECTION_GONE as exc:
+            connection.close()
+            if reused:
+                raise _StaleConnection(str(exc)) from exc
+            raise ConnectionLostError(
+                f"{url} closed the connection before answering ({type(exc).__name__}: {exc}).", url=url
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise TransportError(f"No valid answer from {url} ({type(exc).__name__}: {exc}).", url=url) from exc
         except BaseException:
             connection.close()
             raise
-        answer = HttpResponse(response.status, data, _headers(response))
-        if response.will_close or connection.sock is None:
+
+    def _release(
+        self, key: _PoolKey, connection: http.client.HTTPConnection, response: http.client.HTTPResponse, *, finished: bool
+    ) -> None:
+        """Pool ``connection`` again if its answer was read to the end and the server keeps it open."""
+        if not finished or response.will_close or connection.sock is None:
             connection.close()
         else:
             self._checkin(key, connection)
-        return answer
 
     def _checkin(self, key: _PoolKey, connection: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -383,3 +510,19 @@ class UrllibTransport:
                 return HttpResponse(response.status, response.read(), dict(response.headers))
         except urllib.error.HTTPError as error:
             return HttpResponse(error.code, error.read(), dict(error.headers))
+
+    def post_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> StreamedResponse:
+        """POST ``body`` to ``url``; return once the status and headers are in, the body to read as it arrives."""
+        request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout_s)
+        except urllib.error.HTTPError as error:
+            response = error
+        return StreamedResponse(
+            response.status,
+            dict(response.headers),
+            response,
+            url=url,
+            timeout_s=timeout_s,
+            release=lambda finished: response.close(),
+        )

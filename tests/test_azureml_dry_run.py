@@ -48,6 +48,7 @@ def test_dry_run_writes_yaml_that_azure_ai_ml_loads_with_the_names_given(model_d
     assert variables["MII_AZURE_DEPLOYMENT_NAME"] == "chat", "responses report the endpoint's name as their model"
     assert variables["WORKER_COUNT"] == str(run.package.plan.replicas)
     assert variables["GUNICORN_CMD_ARGS"].startswith("--threads ")
+    assert variables["APP_INSIGHTS_LOG_RESPONSE_ENABLED"] == "false", "streamed answers are not read whole to be logged"
     plan = run.package.plan
     assert deployment.request_settings.max_concurrent_requests_per_instance == plan.replicas * plan.max_batch_size
     assert deployment.request_settings.request_timeout_ms == 120_000

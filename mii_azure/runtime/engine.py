@@ -186,8 +186,11 @@ class Engine:
     def _stream_whole(self, request: ScoringRequest, deadline: Deadline) -> Iterator[StreamEvent]:
         # Request-level batching makes the text in one go: it streams as one piece.
         (entry,) = self.infer(request, deadline)
-        if entry["generated_text"]:
-            yield TextPiece(entry["generated_text"])
+        text = entry["generated_text"]
+        if getattr(request.parameters, "return_full_text", False):
+            text = text[len(request.inputs[0]) :]  # pieces are new text only, as with continuous batching
+        if text:
+            yield TextPiece(text)
         yield StreamEnd(entry)
 
     def close(self) -> None:

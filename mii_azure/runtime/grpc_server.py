@@ -1,8 +1,9 @@
 """The local harness's gRPC front: KServe Open Inference Protocol v2 (DESIGN.md section 4).
 
 Serves ``inference.GRPCInferenceService`` (Triton's ``grpc_service.proto``: ServerLive, ServerReady,
-ModelReady, ServerMetadata, ModelMetadata, ModelInfer) around one :class:`ScoringService`, so stock
-clients such as ``tritonclient.grpc`` and the KServe client work unchanged.
+ModelReady, ServerMetadata, ModelMetadata, ModelInfer, ModelStreamInfer) around one
+:class:`ScoringService`, so stock clients such as ``tritonclient.grpc`` and the KServe client work
+unchanged.
 
 - The model is named after the deployment (``service.name``); its only version is "1" ("" means it).
 - ``ModelInfer`` takes one BYTES tensor of shape [N] per task input (``query``; ``question`` and
@@ -11,6 +12,15 @@ clients such as ``tritonclient.grpc`` and the KServe client work unchanged.
   parameters carry the JSON ``parameters`` keys; a string parameter holding a JSON array (stop
   sequences: ``'["\\n"]'``) is decoded. The response parameters add ``task``, ``replica`` (int64),
   ``total_ms`` and ``model_ms``, the other fields of the JSON response.
+- ``ModelStreamInfer`` streams text generation as Triton's decoupled models do: it takes the same
+  requests as ``ModelInfer`` (one input), and answers each with one response per new piece of text,
+  output ``text`` (BYTES, shape [1], the piece as UTF-8), then a final one with output ``responses``
+  (BYTES [1], the same entry bytes as ``ModelInfer``'s) and the same response parameters; every
+  response carries the parameter ``triton_final_response`` (bool), true only on the last. A request
+  that fails gets one ``error_message`` with the HTTP path's message, which ends its responses.
+  Requests on one stream are answered in order, one after the other; the client's
+  ``triton_enable_empty_final_response`` parameter is accepted (the last response is never empty).
+  A client that cancels the stream gives its running generation up.
 - With several model copies per instance (one inference-server worker each), every worker serves
   gRPC on the same port (``SO_REUSEPORT``) and the kernel spreads the connections among them.
 - A failed request gets the status code of :func:`grpc_status_for` and, as details, exactly the
@@ -22,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from collections.abc import Iterator
 from concurrent import futures
 from typing import Any, Callable, NoReturn
 
@@ -40,15 +51,31 @@ from ..errors import (
 from .proto import grpc_service_pb2 as pb
 from .proto import grpc_service_pb2_grpc as pb_grpc
 from .service import ScoringService, not_ready_reply
+from .streaming import ScoreStream
 
-__all__ = ["start_grpc_server", "InferenceServicer", "grpc_status_for", "PLATFORM", "OUTPUT_NAME", "MODEL_VERSION"]
+__all__ = [
+    "start_grpc_server",
+    "InferenceServicer",
+    "grpc_status_for",
+    "PLATFORM",
+    "OUTPUT_NAME",
+    "TEXT_OUTPUT_NAME",
+    "FINAL_RESPONSE_PARAMETER",
+    "MODEL_VERSION",
+]
 
 logger = logging.getLogger(__name__)
 
 #: What ModelMetadata reports as the model's platform, and ServerMetadata as the server's name.
 PLATFORM = "mii_azure"
-#: The one output tensor.
+#: The one output tensor (and the last response of a stream).
 OUTPUT_NAME = "responses"
+#: The output of every other response of a stream: one new piece of text.
+TEXT_OUTPUT_NAME = "text"
+#: The response parameter that marks a stream's last response for a request (as Triton's decoupled models).
+FINAL_RESPONSE_PARAMETER = "triton_final_response"
+#: Request parameters of Triton's stream client that are not the task's.
+_STREAM_CLIENT_PARAMETERS = ("triton_enable_empty_final_response",)
 #: The one model version; a request may also leave the version empty.
 MODEL_VERSION = "1"
 BYTES = "BYTES"
@@ -128,7 +155,74 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             logger.exception("Scoring failed")
             _abort(context, ScoringError(f"Scoring failed: {type(exc).__name__}: {exc}"))
 
+    def ModelStreamInfer(
+        self, requests: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        """Streamed generation, decoupled as Triton's: each request's pieces, then its final entry."""
+        for request in requests:
+            yield from self._stream_one(request, context)
+            if not context.is_active():
+                return
+
+    def _stream_one(
+        self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ModelStreamInferResponse]:
+        """The responses to one request of a stream: its pieces of text and its entry, or one error."""
+        stream = None
+        try:
+            self._check_model(request.model_name, request.model_version)
+            if not self.ready():
+                raise ServiceUnavailableError(not_ready_reply().body["error"]["message"], retry_after=5)
+            stream = self._open_stream(request)
+            for text in stream:
+                if not context.is_active():  # the client went away: give the generation up
+                    return
+                yield self._piece_response(request, text)
+            result = stream.result or {}
+            final = self._response(request, {**result, "responses": [result.get("entry")]})
+            final.parameters[FINAL_RESPONSE_PARAMETER].bool_param = True
+            yield pb.ModelStreamInferResponse(infer_response=final)
+        except _NotFound as exc:
+            yield self._stream_error(request, str(exc))
+        except RequestError as exc:
+            yield self._stream_error(request, exc.message)
+        except Exception as exc:  # the contract: what failed, never a stack trace
+            logger.exception("Streaming failed")
+            yield self._stream_error(request, f"Scoring failed: {type(exc).__name__}: {exc}")
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def _open_stream(self, request: pb.ModelInferRequest) -> ScoreStream:
+        inputs, parameters = self._request_parts(request, outputs=(TEXT_OUTPUT_NAME, OUTPUT_NAME))
+        for name in _STREAM_CLIENT_PARAMETERS:
+            parameters.pop(name, None)
+        return self.service.open_stream_inputs(inputs, parameters)
+
+    def _piece_response(self, request: pb.ModelInferRequest, text: str) -> pb.ModelStreamInferResponse:
+        piece = text.encode("utf-8")
+        response = pb.ModelInferResponse(
+            model_name=self.service.name,
+            model_version=MODEL_VERSION,
+            id=request.id,
+            outputs=[pb.ModelInferResponse.InferOutputTensor(name=TEXT_OUTPUT_NAME, datatype=BYTES, shape=[1])],
+            raw_output_contents=[_LENGTH.pack(len(piece)) + piece],
+        )
+        response.parameters[FINAL_RESPONSE_PARAMETER].bool_param = False
+        return pb.ModelStreamInferResponse(infer_response=response)
+
+    def _stream_error(self, request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+        response = pb.ModelInferResponse(model_name=self.service.name, model_version=MODEL_VERSION, id=request.id)
+        response.parameters[FINAL_RESPONSE_PARAMETER].bool_param = True
+        return pb.ModelStreamInferResponse(error_message=message, infer_response=response)
+
     def _infer(self, request: pb.ModelInferRequest) -> dict[str, Any]:
+        return self.service.score_inputs(*self._request_parts(request))
+
+    def _request_parts(
+        self, request: pb.ModelInferRequest, *, outputs: tuple[str, ...] = (OUTPUT_NAME,)
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The inputs and JSON parameters of an inference request (BadRequestError for a bad one)."""
         limit = self.service.settings.max_body_bytes
         size = request.ByteSize()
         if size > limit:
@@ -139,17 +233,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 limit=limit,
             )
         for output in request.outputs:
-            if output.name != OUTPUT_NAME:
-                raise BadRequestError(
-                    f"Output tensor {output.name!r} does not exist; this model has one output, {OUTPUT_NAME!r}."
+            if output.name not in outputs:
+                offered = (
+                    f"one output, {outputs[0]!r}"
+                    if len(outputs) == 1
+                    else "the outputs " + " and ".join(map(repr, outputs))
                 )
+                raise BadRequestError(f"Output tensor {output.name!r} does not exist; this model has {offered}.")
             if output.parameters:
                 raise BadRequestError(
                     f"Output tensor parameters are not supported; got {', '.join(map(repr, sorted(output.parameters)))}."
                 )
         tensors = self._decode_inputs(request)
-        inputs = self.service.task_cls.inputs_from_tensors(tensors)
-        return self.service.score_inputs(inputs, decode_parameters(request.parameters))
+        return self.service.task_cls.inputs_from_tensors(tensors), decode_parameters(request.parameters)
 
     def _decode_inputs(self, request: pb.ModelInferRequest) -> dict[str, list[str]]:
         task = self.service.task_cls

@@ -30,6 +30,7 @@ from ..hardware import Hardware
 from ..planner import OptimizationPlan, PlanOverrides
 from ..tasks.base import Deadline, ScoringRequest, check_input_count
 from .engine import Engine
+from .streaming import SSE_HEADERS, ScoreStream, SseBody, split_stream_flag
 from .replicas import ReplicaSlot, claim_replica, worker_count
 
 if TYPE_CHECKING:
@@ -46,13 +47,19 @@ GRPC_PORT_ENV = "MII_AZURE_GRPC_PORT"
 GRPC_HOST_ENV = "MII_AZURE_GRPC_HOST"
 
 
+
 @dataclass(frozen=True)
 class HttpReply:
-    """Status, JSON body and extra headers of one ``/score`` answer."""
+    """Status, JSON body and extra headers of one ``/score`` answer.
+
+    A streamed answer (``"stream": true``) has ``stream`` instead of a body: its server-sent events,
+    encoded, to send as they come; closing it (``stream.close()``) gives up the generation.
+    """
 
     status: int
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Optional["SseBody"] = None
 
 
 class ScoringService:
@@ -155,9 +162,12 @@ class ScoringService:
         ``parameters`` keys. Raises a RequestError for a request that fails.
         """
         started = time.perf_counter()
+        return self._answer(self._request_from_inputs(inputs, parameters), started)
+
+    def _request_from_inputs(self, inputs: list[Any], parameters: Mapping[str, Any]) -> ScoringRequest:
         request = ScoringRequest(inputs=list(inputs), parameters=self.task_cls.parse_parameters(parameters))
         check_input_count(request, self.settings)
-        return self._answer(request, started)
+        return request
 
     def _answer(self, request: ScoringRequest, started: float) -> dict[str, Any]:
         deadline = Deadline(self.settings.request_timeout_s)
@@ -175,6 +185,25 @@ class ScoringService:
             },
         }
 
+    # --- streaming (DESIGN.md section 3a) ---------------------------------------------------
+    def open_stream(self, payload: Any) -> "ScoreStream":
+        """Start streaming a decoded JSON request (without its ``"stream"`` flag; see
+        :func:`split_stream_flag`). Raises a RequestError for a request that fails before its first
+        piece of text: a bad request, one that is not a one-input generation, a full queue, a timeout."""
+        started = time.perf_counter()
+        return self._open_stream(self.task_cls.parse_request(payload, self.settings), started)
+
+    def open_stream_inputs(self, inputs: list[Any], parameters: Mapping[str, Any]) -> "ScoreStream":
+        """:meth:`open_stream` for already-separated inputs and parameters (the gRPC front's door)."""
+        started = time.perf_counter()
+        return self._open_stream(self._request_from_inputs(inputs, parameters), started)
+
+    def _open_stream(self, request: ScoringRequest, started: float) -> "ScoreStream":
+        model_started = time.perf_counter()
+        events = self.engine.stream(request, Deadline(self.settings.request_timeout_s))
+        about = {"task": self.task_cls.name, "model": self.name, "replica": self.replica_index}
+        return ScoreStream(events, about=about, started=started, model_started=model_started)
+
     # --- HTTP ------------------------------------------------------------------------------
     def handle_http(
         self, method: str, read_body: Callable[[int], bytes], content_length: Optional[int]
@@ -182,7 +211,9 @@ class ScoringService:
         """Answer one HTTP request to ``/score``; never raises.
 
         ``read_body(n)`` returns at most ``n`` bytes of the body, so an oversized body without a
-        Content-Length is refused without being read whole.
+        Content-Length is refused without being read whole. With ``"stream": true`` a 200 answer
+        has a :attr:`HttpReply.stream` of server-sent events; an error before the first piece is an
+        ordinary JSON error, one after it the stream's last event.
         """
         try:
             if method != "POST":
@@ -196,7 +227,10 @@ class ScoringService:
             body = read_body(limit + 1)
             if len(body) > limit:
                 raise _body_too_large(len(body), limit)
-            return HttpReply(200, self.score(decode_json_body(body)))
+            payload, stream = split_stream_flag(decode_json_body(body))
+            if stream:
+                return HttpReply(200, {}, dict(SSE_HEADERS), stream=SseBody(self.open_stream(payload)))
+            return HttpReply(200, self.score(payload))
         except RequestError as exc:
             return error_reply(exc)
         except Exception as exc:  # the contract: a 500 that says what failed, never a stack trace

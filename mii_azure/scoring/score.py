@@ -36,9 +36,14 @@ def init():
 
 @rawhttp
 def run(request):
-    """Answer one /score request with the JSON contract of DESIGN.md section 3."""
+    """Answer one /score request with the JSON contract of DESIGN.md section 3; a ``"stream": true``
+    request with server-sent events (section 3a), sent by the inference server event by event."""
     if _service is None:
         reply = not_ready_reply()
     else:
         reply = _service.handle_http(request.method, request.stream.read, request.content_length)
+    if reply.stream is not None:
+        # An iterable body is streamed: the WSGI server writes each event as it comes, and closes the
+        # body (so the generation) when the client goes away. The body was read above, in run().
+        return AMLResponse(reply.stream, reply.status, reply.headers)
     return AMLResponse(reply.body, reply.status, reply.headers, json_str=True)

@@ -200,6 +200,14 @@ def test_closing_a_stream_frees_its_slot_at_the_next_step(continuous):
         time.sleep(0.01)
     assert continuous.batcher.waiting == 0
     assert continuous.batcher.stats.cancelled == cancelled + 1
+
+    never_read = continuous.stream(_request(continuous, "the cat", max_new_tokens=200), Deadline(60))
+    never_read.close()
+    deadline = time.monotonic() + 10
+    while continuous.batcher.waiting and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert continuous.batcher.waiting == 0, "a stream closed before its first event is given up too"
+    assert continuous.batcher.stats.cancelled == cancelled + 2
     assert continuous.infer(_request(continuous, "the cat", max_new_tokens=2), Deadline(60))[0]["num_tokens"] == 2
 
 

@@ -148,7 +148,7 @@ class ContinuousBatcher:
         """Generate for one input, yielding :class:`TextPiece` events as text is made, then a
         :class:`StreamEnd`. Errors are raised from ``next``; closing the iterator gives up the request."""
         request = self._enqueue(_Request([text], parameters, deadline, events=queue.Queue()))
-        return self._events(request)
+        return _EventStream(self, request)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop taking requests, finish the accepted ones, stop the worker."""
@@ -177,26 +177,6 @@ class ContinuousBatcher:
             self._waiting += 1
         self._inbox.put(request)
         return request
-
-    def _events(self, request: _Request) -> Iterator[StreamEvent]:
-        events = request.events
-        if events is None:
-            return
-        try:
-            while True:
-                try:
-                    event = events.get(timeout=request.deadline.remaining())
-                except queue.Empty:
-                    self._give_up(request, timed_out=True)
-                    raise _timeout(request.deadline) from None
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if isinstance(event, StreamEnd):
-                    return
-        finally:
-            if not request.answered():
-                self._give_up(request, timed_out=False)
 
     def _give_up(self, request: _Request, *, timed_out: bool) -> None:
         """The caller stopped waiting; the worker drops the request's sequences at its next step."""
@@ -454,6 +434,42 @@ class ContinuousBatcher:
                 request.events.put(StreamEnd(result[0] if result else {}))
         with self._lock:
             self._waiting -= 1
+
+
+class _EventStream:
+    """One streamed request's events, as they come; closing it (even before the first ``next``) gives
+    the request up."""
+
+    def __init__(self, batcher: ContinuousBatcher, request: _Request) -> None:
+        self._batcher = batcher
+        self._request = request
+        self._done = False
+
+    def __iter__(self) -> "_EventStream":
+        return self
+
+    def __next__(self) -> StreamEvent:
+        events = self._request.events
+        if self._done or events is None:
+            raise StopIteration
+        try:
+            event = events.get(timeout=self._request.deadline.remaining())
+        except queue.Empty:
+            self._done = True
+            self._batcher._give_up(self._request, timed_out=True)
+            raise _timeout(self._request.deadline) from None
+        if isinstance(event, BaseException):
+            self._done = True
+            raise event
+        if isinstance(event, StreamEnd):
+            self._done = True
+        return event
+
+    def close(self) -> None:
+        """Stop reading; the worker drops the sequence at its next step if it still runs."""
+        self._done = True
+        if not self._request.answered():
+            self._batcher._give_up(self._request, timed_out=False)
 
 
 def _timeout(deadline: Deadline) -> RequestTimeoutError:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional
 from ..errors import RequestError, RequestTimeoutError, ScoringError, ServiceUnavailableError
 from ..tasks.base import Deadline, TaskParameters
 
-__all__ = ["Batcher", "BatchStats", "WAIT_FRACTION"]
+__all__ = ["Batcher", "BatchStats", "WAIT_FRACTION", "queue_full_error", "shutting_down_error", "timeout_error"]
 
 #: A batch waits for company at most this fraction of the time recent batches took to run.
 WAIT_FRACTION = 0.05
@@ -100,14 +100,10 @@ class Batcher:
         """Run ``inputs`` with ``parameters`` in some batch; block until their entries are ready."""
         with self._lock:
             if self._closed:
-                raise ServiceUnavailableError("The deployment is shutting down; retry on another instance.", retry_after=5)
+                raise shutting_down_error()
             if self._waiting >= self.max_queue:
                 self.stats.rejected_full += 1
-                raise ServiceUnavailableError(
-                    f"The deployment's queue is full ({self.max_queue} requests waiting); retry shortly or add instances.",
-                    retry_after=1,
-                    queue_limit=self.max_queue,
-                )
+                raise queue_full_error(self.max_queue)
             self._waiting += 1
         request = _Request(inputs, parameters, deadline)
         self._queue.put(request)
@@ -118,11 +114,7 @@ class Batcher:
                 self._release(1)
             with self._lock:
                 self.stats.timed_out += 1
-            raise RequestTimeoutError(
-                f"The request ran past its timeout of {deadline.timeout_s:g} s (waited for the model or ran too long). "
-                "Send fewer or shorter inputs, or raise the deployment's request timeout.",
-                timeout_s=deadline.timeout_s,
-            ) from None
+            raise timeout_error(deadline) from None
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop taking requests, finish the queued ones, stop the worker."""
@@ -273,3 +265,26 @@ class Batcher:
     def _release(self, count: int) -> None:
         with self._lock:
             self._waiting -= count
+
+
+def queue_full_error(limit: int) -> ServiceUnavailableError:
+    """The 503 for a request beyond the queue limit."""
+    return ServiceUnavailableError(
+        f"The deployment's queue is full ({limit} requests waiting); retry shortly or add instances.",
+        retry_after=1,
+        queue_limit=limit,
+    )
+
+
+def shutting_down_error() -> ServiceUnavailableError:
+    """The 503 for a request that arrives while the engine stops."""
+    return ServiceUnavailableError("The deployment is shutting down; retry on another instance.", retry_after=5)
+
+
+def timeout_error(deadline: Deadline) -> RequestTimeoutError:
+    """The 504 for a request that waited or ran past its deadline."""
+    return RequestTimeoutError(
+        f"The request ran past its timeout of {deadline.timeout_s:g} s (waited for the model or ran too long). "
+        "Send fewer or shorter inputs, or raise the deployment's request timeout.",
+        timeout_s=deadline.timeout_s,
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
@@ -27,10 +26,11 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from ...errors import BadRequestError, RequestError, RequestTimeoutError, ScoringError, ServiceUnavailableError
+from ...errors import BadRequestError, RequestError, ScoringError
 from ...tasks.base import Deadline
 from ...tasks.generation import TextGenerationParameters
 from .events import StreamEnd, StreamEvent, TextPiece
+from ..batcher import queue_full_error, shutting_down_error, timeout_error
 from .batch_cache import BatchCache
 from .kv_cache import PaddedCache
 from .model_runner import CausalLMRunner
@@ -142,7 +142,7 @@ class ContinuousBatcher:
             return request.future.result(timeout=deadline.remaining())
         except (FutureTimeout, CancelledError):
             self._give_up(request, timed_out=True)
-            raise _timeout(deadline) from None
+            raise timeout_error(deadline) from None
 
     def stream(self, text: str, parameters: TextGenerationParameters, deadline: Deadline) -> Iterator[StreamEvent]:
         """Generate for one input, yielding :class:`TextPiece` events as text is made, then a
@@ -166,14 +166,10 @@ class ContinuousBatcher:
     def _enqueue(self, request: _Request) -> _Request:
         with self._lock:
             if self._closed:
-                raise ServiceUnavailableError("The deployment is shutting down; retry on another instance.", retry_after=5)
+                raise shutting_down_error()
             if self._waiting >= self.max_queue:
                 self.stats.rejected_full += 1
-                raise ServiceUnavailableError(
-                    f"The deployment's queue is full ({self.max_queue} requests waiting); retry shortly or add instances.",
-                    retry_after=1,
-                    queue_limit=self.max_queue,
-                )
+                raise queue_full_error(self.max_queue)
             self._waiting += 1
         self._inbox.put(request)
         return request
@@ -228,7 +224,7 @@ class ContinuousBatcher:
 
     def _accept(self, request: _Request) -> None:
         if request.gave_up:
-            self._answer(request, error=_timeout(request.deadline))
+            self._answer(request, error=timeout_error(request.deadline))
             return
         try:
             self._check(request.inputs, request.parameters)
@@ -281,12 +277,12 @@ class ContinuousBatcher:
             if request.answered():
                 return True
             if request.gave_up:
-                self._answer(request, error=_timeout(request.deadline))
+                self._answer(request, error=timeout_error(request.deadline))
                 return True
             if request.deadline.remaining() <= 0:
                 with self._lock:
                     self.stats.timed_out += 1
-                self._answer(request, error=_timeout(request.deadline))
+                self._answer(request, error=timeout_error(request.deadline))
                 return True
             return False
 
@@ -457,7 +453,7 @@ class _EventStream:
         except queue.Empty:
             self._done = True
             self._batcher._give_up(self._request, timed_out=True)
-            raise _timeout(self._request.deadline) from None
+            raise timeout_error(self._request.deadline) from None
         if isinstance(event, BaseException):
             self._done = True
             raise event
@@ -470,11 +466,3 @@ class _EventStream:
         self._done = True
         if not self._request.answered():
             self._batcher._give_up(self._request, timed_out=False)
-
-
-def _timeout(deadline: Deadline) -> RequestTimeoutError:
-    return RequestTimeoutError(
-        f"The request ran past its timeout of {deadline.timeout_s:g} s (waited for the model or ran too long). "
-        "Send fewer or shorter inputs, or raise the deployment's request timeout.",
-        timeout_s=deadline.timeout_s,
-    )

@@ -35,6 +35,7 @@ def test_no_command_prints_help(capsys):
 
 
 @pytest.mark.serving
+@pytest.mark.harness
 def test_demo_serves_queries_and_stops(model_dirs):
     """The README's main job, on the real MiniLM model: deploy locally, query, print answer and plan, delete."""
     result = subprocess.run(

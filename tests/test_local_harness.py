@@ -29,7 +29,7 @@ from mii_azure.targets.local import DeploymentNotFoundError, LocalTarget
 
 from helpers import post_json
 
-pytestmark = pytest.mark.serving
+pytestmark = [pytest.mark.serving, pytest.mark.harness]
 
 PARITY = {
     "gpt2": {"query": ["DeepSpeed is", "the cat sat on"], "parameters": {"max_new_tokens": 6}},

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.serving
+pytestmark = [pytest.mark.serving, pytest.mark.harness]
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 

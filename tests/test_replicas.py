@@ -160,6 +160,7 @@ PROMPTS = ["DeepSpeed is", "the cat sat on", "dogs ran past quickly", "birds san
 
 
 @pytest.mark.serving
+@pytest.mark.harness
 def test_two_copies_behind_one_local_deployment_answer_like_one(model_dirs):
     import tritonclient.grpc as grpcclient
 

@@ -270,3 +270,10 @@ def test_scheduling_says_why_when_generation_batches_whole_requests(model_dirs):
         assert "text2text-generation" in engine.scheduling_reason
     finally:
         engine.close()
+
+
+def test_an_input_that_encodes_to_no_tokens_is_a_400(continuous, monkeypatch):
+    monkeypatch.setattr(continuous.batcher, "_encode", lambda text: [])  # a tokenizer that drops everything
+    with pytest.raises(BadRequestError, match="encodes to no tokens"):
+        continuous.infer(_request(continuous, "the cat"), Deadline(60))
+    assert continuous.batcher.waiting == 0

@@ -237,7 +237,16 @@ class ContinuousBatcher:
             self._answer(request, error=ScoringError(f"Checking the request failed: {type(exc).__name__}: {exc}"))
             return
         parameters = request.parameters
-        for prompt in prompts:
+        for index, prompt in enumerate(prompts):
+            if not prompt:
+                self._answer(
+                    request,
+                    error=BadRequestError(
+                        f"Input {index} encodes to no tokens with this model's tokenizer; send some text it can read.",
+                        index=index,
+                    ),
+                )
+                return
             sequence = _Sequence(
                 request=request,
                 prompt=prompt,

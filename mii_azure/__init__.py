@@ -8,7 +8,7 @@ from .autoscale import Autoscale
 from .config import ServingSettings
 from .cost import estimate_cost
 from .cost_report import CostReport, SkuEstimate
-from .deployment import Deployment
+from .deployment import Deployment, TextStream
 from .errors import (
     AuthenticationError,
     BadRequestError,
@@ -58,6 +58,7 @@ __all__ = [
     "list_deployments",
     "mii_query_handle",
     "Deployment",
+    "TextStream",
     "package",
     "Package",
     "estimate_cost",

@@ -28,6 +28,7 @@ PUBLIC_API = {
     "list_deployments",
     "mii_query_handle",
     "Deployment",
+    "TextStream",
     "package",
     "Package",
     "estimate_cost",

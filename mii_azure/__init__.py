@@ -4,6 +4,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 """
 
 from .api import deploy, get_deployment, list_deployments, mii_query_handle
+from .pipeline import BatchScoreSummary, batch_score
 from .autoscale import Autoscale
 from .config import ServingSettings
 from .cost import estimate_cost
@@ -59,6 +60,8 @@ __all__ = [
     "mii_query_handle",
     "Deployment",
     "TextStream",
+    "batch_score",
+    "BatchScoreSummary",
     "package",
     "Package",
     "estimate_cost",

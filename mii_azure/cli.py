@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from . import __version__
 from .cost_cli import add_cost_arguments
-from .errors import MiiAzureError
+from .errors import ConfigError, MiiAzureError
 from .models import ModelFacts, resolve_model
 
 DEFAULT_DEMO_QUERY = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
@@ -120,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_workspace_arguments(query, deployment=True)
     query.set_defaults(handler=_query)
+
+    batch = commands.add_parser("batch-score", help="score every line of a file with a model, on this machine")
+    batch.add_argument("--model", required=True, help="model folder or mii_azure package")
+    batch.add_argument("--input", required=True, help=".jsonl of requests (or JSON strings), or .txt with one input per line")
+    batch.add_argument("--output", required=True, help=".jsonl written with one record per input line, in order")
+    batch.add_argument("--parameters", help='JSON object of default parameters, e.g. \'{"max_new_tokens": 32}\'')
+    batch.add_argument("--batch-size", type=int, help="most inputs run together (the plan's batch by default)")
+    batch.add_argument("--no-resume", dest="resume", action="store_false", help="start the output afresh")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar or progress log")
+    batch.set_defaults(handler=_batch_score)
 
     logs = commands.add_parser("logs", help="print the end of a deployment's log")
     logs.add_argument("name", help="deployment name (local) or endpoint name (--azure)")
@@ -415,6 +425,26 @@ def _handle(args: argparse.Namespace) -> Any:
     if args.deployment and not options:
         options = {"azure": True}
     return get_deployment(args.name, deployment=args.deployment, **options)
+
+
+def _batch_score(args: argparse.Namespace) -> int:
+    from .pipeline import batch_score
+
+    try:
+        parameters = json.loads(args.parameters) if args.parameters else None
+    except ValueError as exc:
+        raise ConfigError(f"--parameters is not valid JSON ({exc}); give an object such as '{{\"max_new_tokens\": 32}}'.") from None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ConfigError("--parameters must be a JSON object such as '{\"max_new_tokens\": 32}'.")
+    summary = batch_score(
+        args.model, args.input, args.output, parameters=parameters, batch_size=args.batch_size,
+        resume=args.resume, quiet=args.quiet,
+    )
+    print(
+        f"{summary.answered} answered, {summary.errors} errors, {summary.skipped} kept from an earlier run; "
+        f"{summary.lines} lines in {summary.output} ({summary.rows_per_s:.1f} rows/s)"
+    )
+    return 0
 
 
 def _query(args: argparse.Namespace) -> int:

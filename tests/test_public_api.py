@@ -29,6 +29,8 @@ PUBLIC_API = {
     "mii_query_handle",
     "Deployment",
     "TextStream",
+    "batch_score",
+    "BatchScoreSummary",
     "package",
     "Package",
     "estimate_cost",

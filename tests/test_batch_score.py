@@ -43,6 +43,7 @@ def _records(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.harness  # a process killed and the harness's answers: the same on every library version
 def test_a_killed_run_resumes_and_every_line_is_answered_once_as_the_harness_answers_it(model_dirs, servers, tmp_path):
     source, target = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
     bad = _write_input(source, 1000)

@@ -35,7 +35,7 @@ from mii_azure.runtime.grpc_server import start_grpc_server
 from mii_azure.runtime.http_server import entry_script_path
 from mii_azure.runtime.service import ScoringService
 
-pytestmark = pytest.mark.serving
+pytestmark = [pytest.mark.serving, pytest.mark.harness]
 
 PROMPT = "DeepSpeed is"
 LONG_PROMPT = "the cat sat on the mat " * 40  # longer than the tiny GPT-2's 64 positions

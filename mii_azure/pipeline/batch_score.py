@@ -75,7 +75,8 @@ def batch_score(
     source, target = Path(input), Path(output)
     if not source.is_file():
         raise ConfigError(f"The input {str(source)!r} is not a file; give a .jsonl or .txt file with one input per line.", path=str(source))
-    lines = _read_lines(source)
+    lines = source.read_text(encoding="utf-8").splitlines()
+    plain_text = source.suffix.lower() == ".txt"
     done = _answered_lines(target) if resume and target.exists() else 0
     if done > len(lines):
         raise ConfigError(
@@ -90,7 +91,8 @@ def batch_score(
     workers = max(2, 2 * service.engine.batcher.max_batch_size)
     with open(target, "a" if done else "w", encoding="utf-8") as sink, _Progress(len(lines), done, quiet) as progress:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mii-azure-batch") as pool:
-            for number, record in _score_in_order(pool, service, lines, done, defaults, window=2 * workers):
+            records = _score_in_order(pool, service, lines, done, defaults, plain_text=plain_text, window=2 * workers)
+            for number, record in records:
                 sink.write(json.dumps({"line": number, **record}) + "\n")
                 sink.flush()
                 if "error" in record:
@@ -108,13 +110,20 @@ def batch_score(
 
 
 def _score_in_order(
-    pool: ThreadPoolExecutor, service: Any, lines: list[str], start: int, defaults: dict[str, Any], *, window: int
+    pool: ThreadPoolExecutor,
+    service: Any,
+    lines: list[str],
+    start: int,
+    defaults: dict[str, Any],
+    *,
+    plain_text: bool,
+    window: int,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for lines ``start+1`` onwards, in order, with up to ``window`` in flight."""
     pending: deque[tuple[int, Future]] = deque()
     numbers = iter(range(start, len(lines)))
     for index in numbers:
-        pending.append((index + 1, pool.submit(_score_line, service, lines[index], defaults)))
+        pending.append((index + 1, pool.submit(_score_line, service, lines[index], defaults, plain_text)))
         if len(pending) >= window:
             number, future = pending.popleft()
             yield number, future.result()
@@ -123,10 +132,10 @@ def _score_in_order(
         yield number, future.result()
 
 
-def _score_line(service: Any, line: str, defaults: dict[str, Any]) -> dict[str, Any]:
+def _score_line(service: Any, line: str, defaults: dict[str, Any], plain_text: bool) -> dict[str, Any]:
     """The record of one line: the service's answer, or the error that stopped it (never raises)."""
     try:
-        return service.score(_request(line, defaults))
+        return service.score(_request(line, defaults, plain_text=plain_text))
     except RequestError as exc:
         return exc.to_body()
     except Exception as exc:  # a fault on one line must not end the run
@@ -134,13 +143,13 @@ def _score_line(service: Any, line: str, defaults: dict[str, Any]) -> dict[str, 
         return {"error": {"code": "internal_error", "message": f"Scoring failed: {type(exc).__name__}: {exc}"}}
 
 
-def _request(line: str, defaults: dict[str, Any]) -> Any:
+def _request(line: str, defaults: dict[str, Any], *, plain_text: bool) -> Any:
     """The request a line holds: a JSON request object, a JSON string, or (text files) the line itself."""
     text = line.strip()
     if not text:
         raise BadRequestError("The line is empty; every line needs one request or one input text.")
-    if line.startswith("\0text:"):  # a line of a .txt file, marked by _read_lines
-        return {"query": line[len("\0text:") :], "parameters": dict(defaults)}
+    if plain_text:
+        return {"query": line, "parameters": dict(defaults)}
     try:
         payload = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -154,13 +163,6 @@ def _request(line: str, defaults: dict[str, Any]) -> Any:
         if given is None:
             return {**payload, "parameters": dict(defaults)}
     return payload  # anything else: the scoring service says what is wrong with it
-
-
-def _read_lines(source: Path) -> list[str]:
-    raw = source.read_text(encoding="utf-8").splitlines()
-    if source.suffix.lower() == ".txt":
-        return ["\0text:" + line if line.strip() else line for line in raw]
-    return raw
 
 
 def _answered_lines(target: Path) -> int:

@@ -53,11 +53,13 @@ class Engine:
         self.facts: ModelFacts = task.facts
         self.settings: ServingSettings = task.settings
         self.load_seconds = load_seconds
-        self.scheduling, self.scheduling_reason = choose_scheduling(task, applied, settings=self.settings, distributed=group is not None)
+        runner, self.scheduling_reason = choose_scheduling(task, applied, settings=self.settings, distributed=group is not None)
+        #: "continuous" (per decode step) or "request" (whole requests batched); scheduling_reason says why.
+        self.scheduling = "continuous" if runner is not None else "request"
         max_batch_size = self.settings.batch_limit(plan.max_batch_size)
         self.batcher: Union[Batcher, ContinuousBatcher]
-        if self.scheduling == "continuous":
-            self.batcher = _continuous_batcher(task, plan, self.settings, max_batch_size)
+        if runner is not None:
+            self.batcher = _continuous_batcher(task, runner, plan, self.settings, max_batch_size)
         else:
             self.batcher = Batcher(
                 self._run_batch,
@@ -206,35 +208,38 @@ class Engine:
         return self.task.predict(inputs, parameters, deadline)
 
 
-def choose_scheduling(task: Task, applied: AppliedPlan, *, settings: ServingSettings, distributed: bool) -> tuple[str, str]:
-    """``("continuous", why)`` when text generation can be scheduled per decode step here, else
-    ``("request", why)``: whole requests batched together, each batch running to its end."""
+def choose_scheduling(
+    task: Task, applied: AppliedPlan, *, settings: ServingSettings, distributed: bool
+) -> tuple[Optional[CausalLMRunner], str]:
+    """The model runner and why, when text generation can be scheduled per decode step here; else
+    None and why not (whole requests are batched together, each batch running to its end)."""
     if task.name != "text-generation":
-        return "request", f"{task.name} batches whole requests"
+        return None, f"{task.name} batches whole requests"
     if not settings.continuous_batching:
-        return "request", "continuous batching is turned off (continuous_batching=false)"
+        return None, "continuous batching is turned off (continuous_batching=false)"
     if distributed:
-        return "request", "tensor-parallel ranks run whole batches in lockstep"
+        return None, "tensor-parallel ranks run whole batches in lockstep"
     if applied.zero_offload:
-        return "request", "ZeRO-Inference streams the weights once per whole batch"
+        return None, "ZeRO-Inference streams the weights once per whole batch"
     if applied.deepspeed or applied.kernel_inject:
-        return "request", "DeepSpeed's injected layers keep one KV cache for the whole batch"
+        return None, "DeepSpeed's injected layers keep one KV cache for the whole batch"
     if applied.cuda_graph:
-        return "request", "CUDA graphs replay whole-batch shapes"
+        return None, "CUDA graphs replay whole-batch shapes"
     runner = CausalLMRunner(task.model, max_positions=task.facts.max_positions)  # type: ignore[attr-defined]
     unsupported = runner.unsupported_reason()
     if unsupported:
-        return "request", f"{task.facts.name} cannot join and leave a running batch: {unsupported}"
-    return "continuous", "sequences join and leave the batch between decode steps"
+        return None, f"{task.facts.name} cannot join and leave a running batch: {unsupported}"
+    return runner, "sequences join and leave the batch between decode steps"
 
 
-def _continuous_batcher(task: Task, plan: OptimizationPlan, settings: ServingSettings, max_batch_size: int) -> ContinuousBatcher:
-    model, tokenizer = task.model, task.tokenizer  # type: ignore[attr-defined]
+def _continuous_batcher(
+    task: Task, runner: CausalLMRunner, plan: OptimizationPlan, settings: ServingSettings, max_batch_size: int
+) -> ContinuousBatcher:
     max_positions = task.facts.max_positions
     budget = settings.kv_cache_tokens or plan.kv_cache_tokens or max_batch_size * (max_positions or 2048)
     return ContinuousBatcher(
-        CausalLMRunner(model, max_positions=max_positions),
-        tokenizer,
+        runner,
+        task.tokenizer,  # type: ignore[attr-defined]
         check=task.check,  # type: ignore[arg-type]
         encode=task.prompt_tokens,  # type: ignore[attr-defined]
         end_of_text=task.end_of_text_ids(),  # type: ignore[attr-defined]

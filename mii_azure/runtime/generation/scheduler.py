@@ -77,6 +77,7 @@ class _Request:
 @dataclass(eq=False)
 class _Sequence:
     request: _Request
+    input: str
     prompt: list[int]
     chooser: TokenChooser
     text: SequenceText
@@ -237,7 +238,7 @@ class ContinuousBatcher:
             self._answer(request, error=ScoringError(f"Checking the request failed: {type(exc).__name__}: {exc}"))
             return
         parameters = request.parameters
-        for index, prompt in enumerate(prompts):
+        for index, (text, prompt) in enumerate(zip(request.inputs, prompts)):
             if not prompt:
                 self._answer(
                     request,
@@ -249,6 +250,7 @@ class ContinuousBatcher:
                 return
             sequence = _Sequence(
                 request=request,
+                input=text,
                 prompt=prompt,
                 chooser=TokenChooser(
                     sampling=parameters.sampling,
@@ -412,10 +414,10 @@ class ContinuousBatcher:
         return done
 
     def _entry(self, sequence: _Sequence) -> dict[str, Any]:
-        parameters = sequence.request.parameters
-        prompt = sequence.request.inputs[sequence.request.sequences.index(sequence)]
         text = sequence.text.text
-        return {"generated_text": prompt + text if parameters.return_full_text else text, "num_tokens": sequence.text.num_tokens}
+        if sequence.request.parameters.return_full_text:
+            text = sequence.input + text
+        return {"generated_text": text, "num_tokens": sequence.text.num_tokens}
 
     def _fail_group(self, sequences: list[_Sequence], error: BaseException) -> None:
         for request in {id(s.request): s.request for s in sequences}.values():

@@ -41,6 +41,8 @@ print(json.dumps({
     "offloaded": ScoringService(offloaded).score(request)["responses"],
     "plain": ScoringService(plain).score(request)["responses"],
 }))
+offloaded.close()
+plain.close()
 """
 
 

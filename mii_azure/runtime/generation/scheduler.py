@@ -14,6 +14,7 @@ All model and tokenizer work happens on the worker thread.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -134,6 +135,9 @@ class ContinuousBatcher:
         self._stopping = False
         self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
         self._worker.start()
+        # Stop the worker before the interpreter finalizes: a daemon thread that has run torch ops can
+        # abort the process ("terminate called without an active exception") when it is killed there.
+        atexit.register(self.close, 5.0)
 
     # --- callers -----------------------------------------------------------------------------
     def submit(self, inputs: list[str], parameters: TextGenerationParameters, deadline: Deadline) -> list[Any]:

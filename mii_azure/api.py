@@ -58,6 +58,7 @@ def deploy(
     autoscale: Optional[Autoscale] = None,
     port: Optional[int] = None,
     grpc_port: Optional[int] = None,
+    api_key: Optional[str] = None,
     wait: bool = True,
     progress: Progress = None,
     settings: Optional[ServingSettings] = None,
@@ -85,7 +86,10 @@ def deploy(
     with the deployment.
 
     With ``local=True`` it runs on this machine through the same package, scoring script and
-    inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score`` and OIP-v2 gRPC), as ``name``.
+    inference server that Azure ML runs, on 127.0.0.1 (HTTP ``/score``, the OpenAI-compatible routes,
+    ``/metrics`` and OIP-v2 gRPC), as ``name``. With ``api_key``, every route but the health probe
+    requires ``Authorization: Bearer <api_key>`` (the returned handle sends it; the key is never
+    written to a file or log). On Azure ML the endpoint's own key or token guards every route.
 
     Plan ``overrides`` (dtype, max_batch_size, ...) go to the planner.
     """
@@ -119,9 +123,18 @@ def deploy(
                 f"{', '.join(given)} apply to Azure ML deployments, not local ones; drop them or drop local=True.",
                 conflict=given[0],
             )
-        return _deploy_locally(model, name=endpoint or name, sku=sku, choices=choices, port=port, grpc_port=grpc_port, wait=wait, progress=progress)
+        return _deploy_locally(
+            model, name=endpoint or name, sku=sku, choices=choices, port=port, grpc_port=grpc_port, api_key=api_key,
+            wait=wait, progress=progress,
+        )
     if port is not None or grpc_port is not None:
         raise ConfigError("port and grpc_port are for local deployments (local=True).", conflict="port")
+    if api_key is not None:
+        raise ConfigError(
+            "api_key is for local deployments (local=True); an Azure ML endpoint is guarded by its own keys or "
+            "tokens (auth_mode=).",
+            conflict="api_key",
+        )
     if autoscale is not None and not isinstance(autoscale, Autoscale):
         raise ConfigError(f"autoscale={autoscale!r}: pass mii_azure.Autoscale(min=..., max=...).", conflict="autoscale")
     deployment_name_ = _check_deployment_name(deployment or "blue")
@@ -216,17 +229,19 @@ def get_deployment(
     workspace: Optional[str] = None,
     credential: Any = None,
     azure: bool = False,
+    api_key: Optional[str] = None,
 ) -> Deployment:
     """The deployment called ``name``: a running local one, or (given a workspace, or ``azure=True``
     to use config.json) the Azure ML endpoint ``name`` and its ``deployment`` (default: the one taking
-    the most traffic). Works from any process."""
+    the most traffic). Works from any process. ``api_key``: the key a local deployment was started
+    with, for the handle to send."""
     if azure or _any_workspace(ml_client, subscription_id, resource_group, workspace, credential):
         from .targets.azureml import AzureMLTarget
 
         return AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential)).get(name, deployment)
     if deployment is not None:
         raise ConfigError("deployment= names a deployment of an Azure ML endpoint; pass ml_client= (or azure=True) too.", conflict="deployment")
-    return LocalTarget().get(name)
+    return LocalTarget().get(name, api_key=api_key)
 
 
 def list_deployments(
@@ -261,6 +276,7 @@ def _deploy_locally(
     choices: dict[str, Any],
     port: Optional[int],
     grpc_port: Optional[int],
+    api_key: Optional[str],
     wait: bool,
     progress: Progress,
 ) -> Deployment:
@@ -275,7 +291,7 @@ def _deploy_locally(
         target.ensure_free(package_name)  # never rebuild the package under a running deployment
         bundle = package(facts, output=target.home / "packages" / package_name, name=package_name, overwrite=True, sku=sku, **choices)
     report = print if progress is True else (progress or None)
-    return target.deploy(bundle, name=name, port=port, grpc_port=grpc_port, wait=wait, progress=report)
+    return target.deploy(bundle, name=name, port=port, grpc_port=grpc_port, api_key=api_key, wait=wait, progress=report)
 
 
 def _package_for_azure(

@@ -19,6 +19,10 @@ __all__ = ["ServingSettings", "SETTINGS_ENV_PREFIX", "HUB_MODEL_ENV"]
 SETTINGS_ENV_PREFIX = "MII_AZURE_"
 #: A hub id a deployment's scoring script fetches at start-up instead of a registered model.
 HUB_MODEL_ENV = "MII_AZURE_HUB_MODEL"
+#: The API key a local deployment requires (``Authorization: Bearer <key>``); set in the serving
+#: process's environment only, never written to a package or record. Never set on Azure ML, where the
+#: endpoint's own authentication guards every route.
+API_KEY_ENV = "MII_AZURE_API_KEY"
 
 
 class ServingSettings(BaseModel):

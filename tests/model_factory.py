@@ -24,7 +24,9 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 __all__ = [
     "BUILDERS",
     "CORPUS",
+    "CHAT_TEMPLATE",
     "build_bert_classifier",
+    "build_gpt2_chat",
     "build_bert_encoder",
     "build_bert_fill_mask",
     "build_bert_question_answering",
@@ -364,6 +366,24 @@ def build_gpt2(directory: Path, **shape: int) -> Path:
     model = GPT2LMHeadModel(config).eval()
     model.generation_config = GenerationConfig(bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
     model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+#: A small ChatML-like template for the chat model (role markers are plain text to this tokenizer).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def build_gpt2_chat(directory: Path) -> Path:
+    """The tiny GPT-2 with 128 positions and a chat template (:data:`CHAT_TEMPLATE`), for chat routes."""
+    from transformers import AutoTokenizer
+
+    build_gpt2(directory, n_positions=128)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -869,6 +889,7 @@ def minilm_model_dir() -> Path:
 
 BUILDERS: dict[str, Callable[[Path], Path]] = {
     "gpt2": build_gpt2,
+    "gpt2_chat": build_gpt2_chat,
     "llama": build_llama,
     "t5": build_t5,
     "gptj": build_gptj,

@@ -29,12 +29,13 @@ unchanged.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import struct
 from collections.abc import Iterator
 from concurrent import futures
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Optional
 
 import grpc
 
@@ -102,9 +103,27 @@ class _NotFound(Exception):
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` for one scoring service."""
 
-    def __init__(self, service: ScoringService, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, service: ScoringService, ready: Callable[[], bool] = lambda: True, *, api_key: Optional[str] = None
+    ) -> None:
         self.service = service
         self.ready = ready
+        self._api_key = api_key.encode("utf-8") if api_key else None
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        """With an API key, metadata and inference need ``authorization: Bearer <key>`` (compared in
+        constant time); the health calls stay open, as the HTTP probe does."""
+        if self._api_key is None:
+            return
+        sent = dict(context.invocation_metadata()).get("authorization", "")
+        scheme, _, credential = sent.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode("utf-8"), self._api_key):
+            return
+        context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "This deployment requires its API key: send the metadata 'authorization: Bearer <key>' "
+            "(tritonclient: headers={'authorization': 'Bearer <key>'}).",
+        )
 
     # --- health and metadata -------------------------------------------------------------------
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
@@ -126,6 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ModelMetadataResponse:
+        self._authenticate(context)
         try:
             self._check_model(request.name, request.version)
         except _NotFound as exc:
@@ -141,6 +161,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # --- inference -----------------------------------------------------------------------------
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        self._authenticate(context)
         try:
             self._check_model(request.model_name, request.model_version)
         except _NotFound as exc:
@@ -159,6 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, requests: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ModelStreamInferResponse]:
         """Streamed generation, decoupled as Triton's: each request's pieces, then its final entry."""
+        self._authenticate(context)
         for request in requests:
             yield from self._stream_one(request, context)
             if not context.is_active():
@@ -355,13 +377,14 @@ def start_grpc_server(
     max_workers: int = 16,
     ready: Callable[[], bool] = lambda: True,
     share_port: bool = False,
+    api_key: Optional[str] = None,
 ) -> grpc.Server:
     """Serve ``service`` over the Open Inference Protocol v2 on ``host:port``; the server is started.
 
     ``ready`` says whether the model can answer (ServerReady, ModelReady; ModelInfer is UNAVAILABLE
     until it does). ``share_port``: the workers of one server, one per model copy, all listen on
     ``port`` (``SO_REUSEPORT``; the kernel spreads connections among them); otherwise a port in use
-    is refused with a ConfigError. Stop the returned server with ``server.stop(grace_seconds)``.
+    is refused with a ConfigError. ``api_key``: metadata and inference calls need it. Stop the returned server with ``server.stop(grace_seconds)``.
     """
     limit = service.settings.max_body_bytes
     options = [
@@ -375,7 +398,7 @@ def start_grpc_server(
         ("grpc.so_reuseport", 1 if share_port else 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"), options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, ready), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, ready, api_key=api_key), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

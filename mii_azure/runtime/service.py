@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -29,14 +28,24 @@ from ..errors import (
 from ..hardware import Hardware
 from ..planner import OptimizationPlan, PlanOverrides
 from ..tasks.base import Deadline, ScoringRequest, check_input_count
+from .catalog import catalog_answer, is_catalog_request, read_catalog_request
 from .engine import Engine
+from .replies import HttpReply
 from .streaming import SSE_HEADERS, ScoreStream, SseBody, split_stream_flag
 from .replicas import ReplicaSlot, claim_replica, worker_count
 
 if TYPE_CHECKING:
     from ..packaging import Package
 
-__all__ = ["ScoringService", "HttpReply", "configure_logging", "not_ready_reply", "error_reply", "MODEL_DIR_ENV"]
+__all__ = [
+    "ScoringService",
+    "HttpReply",
+    "configure_logging",
+    "not_ready_reply",
+    "error_reply",
+    "read_json_body",
+    "MODEL_DIR_ENV",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +55,6 @@ MODEL_DIR_ENV = "AZUREML_MODEL_DIR"
 GRPC_PORT_ENV = "MII_AZURE_GRPC_PORT"
 GRPC_HOST_ENV = "MII_AZURE_GRPC_HOST"
 
-
-
-@dataclass(frozen=True)
-class HttpReply:
-    """Status, JSON body and extra headers of one ``/score`` answer.
-
-    A streamed answer (``"stream": true``) has ``stream`` instead of a body: its server-sent events,
-    encoded, to send as they come; closing it (``stream.close()``) gives up the generation.
-    """
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    stream: Optional["SseBody"] = None
 
 
 class ScoringService:
@@ -128,12 +123,14 @@ class ScoringService:
         if self.replica is not None:
             self.replica.mark_ready()
 
-    def serve_grpc_if_configured(self, environ: Optional[Mapping[str, str]] = None) -> None:
+    def serve_grpc_if_configured(
+        self, environ: Optional[Mapping[str, str]] = None, *, api_key: Optional[str] = None
+    ) -> None:
         """Start the OIP-v2 gRPC front in this process when ``MII_AZURE_GRPC_PORT`` is set.
 
         With several model copies (one per worker) every worker listens on the same port and the
         kernel spreads the connections among them. It stops (letting in-flight calls finish) when
-        the process exits.
+        the process exits. With ``api_key``, its metadata and inference calls need the key.
         """
         environ = os.environ if environ is None else environ
         port = environ.get(GRPC_PORT_ENV)
@@ -146,14 +143,23 @@ class ScoringService:
             port=int(port),
             host=environ.get(GRPC_HOST_ENV, "127.0.0.1"),
             share_port=self.replica is not None,
+            api_key=api_key,
         )
         atexit.register(lambda: server.stop(grace=30).wait())
 
     # --- the JSON contract -----------------------------------------------------------------
-    def score(self, payload: Any) -> dict[str, Any]:
-        """Answer a decoded JSON request; raises a RequestError for a request that fails."""
+    def score(self, payload: Any) -> Any:
+        """Answer a decoded JSON request; raises a RequestError for a request that fails.
+
+        A request in the Azure ML model catalog's shape (``{"input_data": {"input_string": [...]}}``)
+        is answered in the catalog's shape (see :mod:`mii_azure.runtime.catalog`).
+        """
         started = time.perf_counter()
-        return self._answer(self.task_cls.parse_request(payload, self.settings), started)
+        if is_catalog_request(payload):
+            catalog = read_catalog_request(payload, tokenizer=getattr(self.engine.task, "tokenizer", None))
+            answer = self.score_request(self.task_cls.parse_request(catalog.native, self.settings), started)
+            return catalog_answer(answer, chat=catalog.chat)
+        return self.score_request(self.task_cls.parse_request(payload, self.settings), started)
 
     def score_inputs(self, inputs: list[Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
         """Answer already-separated inputs and parameters (the gRPC front's door into the same path).
@@ -162,14 +168,17 @@ class ScoringService:
         ``parameters`` keys. Raises a RequestError for a request that fails.
         """
         started = time.perf_counter()
-        return self._answer(self._request_from_inputs(inputs, parameters), started)
+        return self.score_request(self._request_from_inputs(inputs, parameters), started)
 
     def _request_from_inputs(self, inputs: list[Any], parameters: Mapping[str, Any]) -> ScoringRequest:
         request = ScoringRequest(inputs=list(inputs), parameters=self.task_cls.parse_parameters(parameters))
         check_input_count(request, self.settings)
         return request
 
-    def _answer(self, request: ScoringRequest, started: float) -> dict[str, Any]:
+    def score_request(self, request: ScoringRequest, started: Optional[float] = None) -> dict[str, Any]:
+        """Answer a validated request (the door of the other routes: the OpenAI API builds its own);
+        ``started`` is when its handling began (for ``timing.total_ms``; default now)."""
+        started = time.perf_counter() if started is None else started
         deadline = Deadline(self.settings.request_timeout_s)
         model_started = time.perf_counter()
         responses = self.engine.infer(request, deadline)
@@ -191,14 +200,16 @@ class ScoringService:
         :func:`split_stream_flag`). Raises a RequestError for a request that fails before its first
         piece of text: a bad request, one that is not a one-input generation, a full queue, a timeout."""
         started = time.perf_counter()
-        return self._open_stream(self.task_cls.parse_request(payload, self.settings), started)
+        return self.open_stream_request(self.task_cls.parse_request(payload, self.settings), started)
 
     def open_stream_inputs(self, inputs: list[Any], parameters: Mapping[str, Any]) -> "ScoreStream":
         """:meth:`open_stream` for already-separated inputs and parameters (the gRPC front's door)."""
         started = time.perf_counter()
-        return self._open_stream(self._request_from_inputs(inputs, parameters), started)
+        return self.open_stream_request(self._request_from_inputs(inputs, parameters), started)
 
-    def _open_stream(self, request: ScoringRequest, started: float) -> "ScoreStream":
+    def open_stream_request(self, request: ScoringRequest, started: Optional[float] = None) -> "ScoreStream":
+        """:meth:`open_stream` for a validated one-input generation request."""
+        started = time.perf_counter() if started is None else started
         model_started = time.perf_counter()
         events = self.engine.stream(request, Deadline(self.settings.request_timeout_s))
         about = {"task": self.task_cls.name, "model": self.name, "replica": self.replica_index}
@@ -221,13 +232,12 @@ class ScoringService:
                     f"/score answers POST requests with a JSON body such as {self.task_cls.example_request()}; "
                     f"got {method}."
                 )
-            limit = self.settings.max_body_bytes
-            if content_length is not None and content_length > limit:
-                raise _body_too_large(content_length, limit)
-            body = read_body(limit + 1)
-            if len(body) > limit:
-                raise _body_too_large(len(body), limit)
-            payload, stream = split_stream_flag(decode_json_body(body))
+            payload, stream = split_stream_flag(read_json_body(read_body, content_length, self.settings.max_body_bytes))
+            if stream and is_catalog_request(payload):
+                raise BadRequestError(
+                    "The model catalog's request shape ('input_data') is not streamed; send "
+                    '{"query": "...", "stream": true} to stream.'
+                )
             if stream:
                 return HttpReply(200, {}, dict(SSE_HEADERS), stream=SseBody(self.open_stream(payload)))
             return HttpReply(200, self.score(payload))
@@ -303,6 +313,17 @@ def plan_for_this_machine(
     return None, PlanOverrides(**overrides)
 
 
+def read_json_body(read_body: Callable[[int], bytes], content_length: Optional[int], limit: int) -> Any:
+    """Read and decode a JSON request body of at most ``limit`` bytes; an oversized body is refused
+    (PayloadTooLargeError) without being read whole, a malformed one with a BadRequestError."""
+    if content_length is not None and content_length > limit:
+        raise _body_too_large(content_length, limit)
+    body = read_body(limit + 1)
+    if len(body) > limit:
+        raise _body_too_large(len(body), limit)
+    return decode_json_body(body)
+
+
 def decode_json_body(body: bytes) -> Any:
     """Decode a request body as UTF-8 JSON; BadRequestError says what is wrong with it."""
     if not body.strip():
@@ -318,6 +339,10 @@ def decode_json_body(body: bytes) -> Any:
     except json.JSONDecodeError as exc:
         raise BadRequestError(
             f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+        ) from None
+    except RecursionError:
+        raise BadRequestError(
+            "The request body nests JSON arrays or objects too deeply to be read; send a flatter document."
         ) from None
 
 

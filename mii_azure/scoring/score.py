@@ -15,22 +15,28 @@ if os.path.isfile(os.path.join(_HERE, "mii_azure", "__init__.py")):
     sys.path[:] = [_HERE] + [entry for entry in sys.path if os.path.abspath(entry or ".") != _HERE]
 
 from azureml_inference_server_http.api.aml_request import rawhttp  # noqa: E402
-from azureml_inference_server_http.api.aml_response import AMLResponse  # noqa: E402
 
+from mii_azure.config import API_KEY_ENV  # noqa: E402
+from mii_azure.runtime.inference_server import mount_routes, request_from_flask, to_response  # noqa: E402
+from mii_azure.runtime.routes import Router  # noqa: E402
 from mii_azure.runtime.service import ScoringService, configure_logging, not_ready_reply  # noqa: E402
 
 _service = None
+_router = None
 
 
 def init():
     """Load the model under AZUREML_MODEL_DIR (settings from MII_AZURE_* variables); from a package,
-    verify it first. Start the gRPC front too when MII_AZURE_GRPC_PORT asks for it. With several
-    workers (WORKER_COUNT), each is one model copy on its own GPUs; it says so once it serves."""
-    global _service
+    verify it first. Serve the OpenAI routes and /metrics beside /score (with MII_AZURE_API_KEY, every
+    route but the probe needs it), and the gRPC front when MII_AZURE_GRPC_PORT asks for it. With
+    several workers (WORKER_COUNT), each is one model copy on its own GPUs; it says so once it serves."""
+    global _service, _router
     configure_logging()
     package_dir = _HERE if os.path.isfile(os.path.join(_HERE, "mii_package.json")) else None
     _service = ScoringService.from_environment(package_dir=package_dir)
-    _service.serve_grpc_if_configured()
+    _router = Router.from_environment(_service)
+    mount_routes(_router)
+    _service.serve_grpc_if_configured(api_key=os.environ.get(API_KEY_ENV) or None)
     _service.mark_ready()
 
 
@@ -38,12 +44,5 @@ def init():
 def run(request):
     """Answer one /score request with the JSON contract of DESIGN.md section 3; a ``"stream": true``
     request with server-sent events (section 3a), sent by the inference server event by event."""
-    if _service is None:
-        reply = not_ready_reply()
-    else:
-        reply = _service.handle_http(request.method, request.stream.read, request.content_length)
-    if reply.stream is not None:
-        # An iterable body is streamed: the WSGI server writes each event as it comes, and closes the
-        # body (so the generation) when the client goes away. The body was read above, in run().
-        return AMLResponse(reply.stream, reply.status, reply.headers)
-    return AMLResponse(reply.body, reply.status, reply.headers, json_str=True)
+    reply = not_ready_reply() if _router is None else _router.handle(request_from_flask(request, path="/score"))
+    return to_response(reply)

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from ..config import API_KEY_ENV
 from ..deployment import Deployment
 from ..errors import ConfigError, DeploymentNotFoundError
 from ..packaging import Package, worker_threads
@@ -70,12 +71,15 @@ class LocalTarget:
         name: Optional[str] = None,
         port: Optional[int] = None,
         grpc_port: Optional[int] = None,
+        api_key: Optional[str] = None,
         wait: bool = True,
         timeout_s: float = 600.0,
         progress: Optional[Callable[[str], None]] = None,
     ) -> Deployment:
         """Start serving ``bundle`` as ``name`` (default: the package's own name; responses report it as
-        their ``model``); with ``wait``, return once it answered a sample input."""
+        their ``model``); with ``wait``, return once it answered a sample input. With ``api_key`` every
+        route but the health probe requires it; it reaches the server in its environment only, never a
+        file, and the handle returned sends it."""
         from ..packaging import check_name
 
         bundle.verify()
@@ -87,7 +91,12 @@ class LocalTarget:
                 "so it cannot be served on this machine. Package a local folder or a cached hub model.",
                 name=name,
             )
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ConfigError("api_key must be a non-empty string (or None for no key).", conflict="api_key")
         grpc_port = self._grpc_port(grpc_port, http_port=port)
+        environment = {"MII_AZURE_GRPC_PORT": str(grpc_port), "MII_AZURE_DEPLOYMENT_NAME": name}
+        if api_key is not None:
+            environment[API_KEY_ENV] = api_key
         logs = self.home / "logs"
         server = InferenceServerProcess(
             bundle.model_dir,
@@ -95,7 +104,7 @@ class LocalTarget:
             port=port,
             host=LOOPBACK,
             entry_script=bundle.entry_script,
-            environment={"MII_AZURE_GRPC_PORT": str(grpc_port), "MII_AZURE_DEPLOYMENT_NAME": name},
+            environment=environment,
             threads=worker_threads(bundle.plan),
             workers=copies_served_here(bundle),
             replica_dir=self.home / "replicas" / name,
@@ -122,7 +131,7 @@ class LocalTarget:
                 server.stop(timeout_s=10)
                 self._forget(name)
                 raise
-        return self._handle(record, bundle)
+        return self._handle(record, bundle, api_key=api_key)
 
     def ensure_free(self, name: str) -> None:
         """ConfigError if a local deployment called ``name`` is running."""
@@ -134,8 +143,8 @@ class LocalTarget:
             )
 
     # --- find --------------------------------------------------------------------------------
-    def get(self, name: str) -> Deployment:
-        """The running deployment called ``name``."""
+    def get(self, name: str, *, api_key: Optional[str] = None) -> Deployment:
+        """The running deployment called ``name``; ``api_key``: the key it was started with, if any."""
         record = self._alive_record(name)
         if record is None:
             running = ", ".join(record.name for record in self._records()) or "none"
@@ -144,7 +153,7 @@ class LocalTarget:
                 "mii_azure.deploy(model, local=True).",
                 name=name,
             )
-        return self._handle(record, Package.load(record.package))
+        return self._handle(record, Package.load(record.package), api_key=api_key)
 
     def list(self) -> list[Deployment]:
         """Every running local deployment (records of dead processes are removed)."""
@@ -178,7 +187,7 @@ class LocalTarget:
         self._forget(name)
 
     # --- internals ---------------------------------------------------------------------------
-    def _handle(self, record: LocalRecord, bundle: Package) -> Deployment:
+    def _handle(self, record: LocalRecord, bundle: Package, *, api_key: Optional[str] = None) -> Deployment:
         return Deployment(
             record.name,
             target=self.name,
@@ -186,6 +195,7 @@ class LocalTarget:
             grpc_target=f"{record.host}:{record.grpc_port}",
             plan=bundle.plan,
             backend=self,
+            auth=_bearer(api_key) if api_key else None,
         )
 
     def _grpc_port(self, grpc_port: Optional[int], *, http_port: Optional[int]) -> int:
@@ -277,3 +287,12 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
+
+
+def _bearer(api_key: str) -> Callable[[], dict[str, str]]:
+    """The handle's authentication for a local deployment started with ``api_key``."""
+
+    def headers() -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
+
+    return headers

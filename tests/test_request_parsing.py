@@ -824,3 +824,28 @@ def test_settings_boolean_for_a_number_is_refused(variable: str) -> None:
     with pytest.raises(ConfigError) as info:
         ServingSettings.from_env({variable: "true"})
     assert variable in info.value.message
+
+
+@pytest.mark.serving
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[" * 3000 + b"]" * 3000, "too deeply"),
+        (b'{"query": "\\ud800"}', "lone UTF-16 surrogate (\\ud800 at character 0 of query)"),
+        (b'{"query": ["fine", "x\\udfff"]}', "of query[1]"),
+        (b'{"query": "x", "parameters": {"stop": "\\udc00"}}', "of parameters.stop"),
+    ],
+)
+def test_bodies_the_json_decoder_or_tokenizer_would_choke_on_are_400s(body, says):
+    from mii_azure.runtime.service import decode_json_body
+
+    with pytest.raises(BadRequestError) as refused:
+        decode_json_body(body)
+    assert says in refused.value.message
+
+
+@pytest.mark.serving
+def test_surrogate_pairs_are_characters():
+    from mii_azure.runtime.service import decode_json_body
+
+    assert decode_json_body(b'{"query": "\\ud83d\\ude00 ok"}') == {"query": "\U0001f600 ok"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import re
 import os
 import sys
 import time
@@ -335,7 +336,7 @@ def decode_json_body(body: bytes) -> Any:
             f"The request body is not valid UTF-8 (byte {exc.start} cannot be decoded); send UTF-8 encoded JSON."
         ) from None
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadRequestError(
             f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
@@ -344,6 +345,36 @@ def decode_json_body(body: bytes) -> Any:
         raise BadRequestError(
             "The request body nests JSON arrays or objects too deeply to be read; send a flatter document."
         ) from None
+    if _SURROGATE_ESCAPE.search(text):  # a pair decodes to one character; what is left is a lone half
+        where = _lone_surrogate(document)
+        if where is not None:
+            raise BadRequestError(
+                f"The request holds a lone UTF-16 surrogate ({where}), which is not a character; send valid "
+                "Unicode text (escape a character outside the BMP as a surrogate pair, or send it as UTF-8)."
+            )
+    return document
+
+
+#: A JSON escape of a UTF-16 surrogate (``\ud800`` to ``\udfff``).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(document: Any) -> Optional[str]:
+    """Where the first string holding a lone surrogate is (``query[1]``, ``a key``), or None."""
+    pending: list[tuple[Any, str]] = [(document, "the body")]
+    while pending:
+        value, where = pending.pop()
+        if isinstance(value, str):
+            for index, char in enumerate(value):
+                if "\ud800" <= char <= "\udfff":
+                    return f"\\u{ord(char):04x} at character {index} of {where}"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                pending.append((key, "a key"))
+                pending.append((item, str(key) if where == "the body" else f"{where}.{key}"))
+        elif isinstance(value, list):
+            pending.extend((item, f"{where}[{index}]") for index, item in enumerate(value))
+    return None
 
 
 def error_reply(error: RequestError) -> HttpReply:

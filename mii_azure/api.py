@@ -236,6 +236,11 @@ def get_deployment(
     the most traffic). Works from any process. ``api_key``: the key a local deployment was started
     with, for the handle to send."""
     if azure or _any_workspace(ml_client, subscription_id, resource_group, workspace, credential):
+        if api_key is not None:
+            raise ConfigError(
+                "api_key is a local deployment's key; an Azure ML endpoint's handle gets the endpoint's own keys.",
+                conflict="api_key",
+            )
         from .targets.azureml import AzureMLTarget
 
         return AzureMLTarget(_workspace(ml_client, subscription_id, resource_group, workspace, credential)).get(name, deployment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("--port", type=int, help="HTTP port, local (default: a free one)")
     deploy.add_argument("--grpc-port", type=int, help="gRPC port, local (default: a free one)")
     deploy.add_argument("--replicas", type=int, help="model copies, one server worker each (default: the plan's)")
+    deploy.add_argument(
+        "--api-key-env", metavar="VAR",
+        help="local: require the API key held in environment variable VAR on every route but the probe",
+    )
     deploy.add_argument("--json", action="store_true", help="print the deployment as JSON")
     _add_workspace_arguments(deploy, with_flag=False)
     deploy.set_defaults(handler=_deploy)
@@ -118,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument(
         "--stream", action="store_true", help="text generation: print the text as it is made (one input)"
     )
+    query.add_argument("--api-key-env", metavar="VAR", help="a local deployment's API key, from environment variable VAR")
     _add_workspace_arguments(query, deployment=True)
     query.set_defaults(handler=_query)
 
@@ -301,6 +307,7 @@ def _deploy(args: argparse.Namespace) -> int:
             task=args.task,
             port=args.port,
             grpc_port=args.grpc_port,
+            api_key=_api_key(args),
             progress=not args.json,
             replicas=args.replicas,
         )
@@ -424,7 +431,21 @@ def _handle(args: argparse.Namespace) -> Any:
     options = _workspace_options(args)
     if args.deployment and not options:
         options = {"azure": True}
+    key = _api_key(args)
+    if key is not None:
+        options["api_key"] = key
     return get_deployment(args.name, deployment=args.deployment, **options)
+
+
+def _api_key(args: argparse.Namespace) -> Optional[str]:
+    """The API key named by ``--api-key-env`` (a key is never a command-line argument: ``ps`` shows those)."""
+    variable = getattr(args, "api_key_env", None)
+    if not variable:
+        return None
+    value = os.environ.get(variable, "")
+    if not value:
+        raise MiiAzureError(f"--api-key-env {variable}: the environment variable {variable} is not set or empty.")
+    return value
 
 
 def _batch_score(args: argparse.Namespace) -> int:

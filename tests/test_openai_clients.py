@@ -178,3 +178,19 @@ def test_grpc_needs_the_key_too(chat):
     assert "UNAUTHENTICATED" in str(refused.value.status())
     answer = triton.infer(NAME, [tensor], headers={"authorization": f"Bearer {KEY}"})
     assert json.loads(answer.as_numpy("responses")[0])["generated_text"] is not None
+
+
+def test_the_cli_reads_the_key_from_an_environment_variable(chat, monkeypatch, capsys):
+    from mii_azure.cli import main
+
+    monkeypatch.setenv("CHAT_KEY", KEY)
+    assert main(["query", NAME, PROMPT, "--api-key-env", "CHAT_KEY"]) == 0
+    answered = capsys.readouterr()
+    assert "generated_text" in answered.out
+    assert main(["query", NAME, PROMPT]) == 1
+    refused = capsys.readouterr()
+    assert "API key" in refused.err
+    monkeypatch.delenv("CHAT_KEY")
+    assert main(["query", NAME, PROMPT, "--api-key-env", "CHAT_KEY"]) == 1
+    assert "CHAT_KEY is not set" in capsys.readouterr().err
+    assert KEY not in answered.out + answered.err + refused.out + refused.err

@@ -194,3 +194,21 @@ def test_the_cli_reads_the_key_from_an_environment_variable(chat, monkeypatch, c
     assert main(["query", NAME, PROMPT, "--api-key-env", "CHAT_KEY"]) == 1
     assert "CHAT_KEY is not set" in capsys.readouterr().err
     assert KEY not in answered.out + answered.err + refused.out + refused.err
+
+
+def test_openai_embeddings_with_minilm_equal_score_vectors(servers):
+    import openai
+
+    from helpers import post_json
+
+    server = servers.get("minilm")
+    texts = ["a cat sits on the mat", "markets fell sharply"]
+    vectors = [entry["embedding"] for entry in post_json(server.scoring_uri, {"query": texts}).body["responses"]]
+    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+    name = client.models.list().data[0].id
+    packed = client.embeddings.create(model=name, input=texts)  # the client asks for base64 and decodes it
+    for item, vector in zip(packed.data, vectors, strict=True):
+        assert item.embedding == pytest.approx(vector, abs=1e-7)  # float32 on the wire
+    floats = client.embeddings.create(model=name, input=texts[0], encoding_format="float")
+    assert floats.data[0].embedding == vectors[0]
+    assert floats.usage.prompt_tokens > 0

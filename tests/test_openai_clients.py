@@ -212,3 +212,45 @@ def test_openai_embeddings_with_minilm_equal_score_vectors(servers):
     floats = client.embeddings.create(model=name, input=texts[0], encoding_format="float")
     assert floats.data[0].embedding == vectors[0]
     assert floats.usage.prompt_tokens > 0
+
+
+def test_langchain_azureml_endpoints_dedicated_and_serverless(chat, client):
+    """LangChain's Azure ML clients unchanged: the catalog shape on /score ("dedicated") and the
+    un-prefixed OpenAI routes ("serverless": /completions, /models/chat/completions)."""
+    from langchain_community.chat_models.azureml_endpoint import (
+        AzureMLChatOnlineEndpoint,
+        CustomOpenAIChatContentFormatter,
+    )
+    from langchain_community.llms.azureml_endpoint import AzureMLOnlineEndpoint, CustomOpenAIContentFormatter
+    from langchain_core.messages import HumanMessage
+
+    root = _root(chat)
+    dedicated = AzureMLOnlineEndpoint(
+        endpoint_url=chat.scoring_uri, endpoint_api_type="dedicated", endpoint_api_key=KEY,
+        content_formatter=CustomOpenAIContentFormatter(), model_kwargs={"max_new_tokens": 5},
+    )
+    quoted = f'"{PROMPT}"'  # the formatter sends the prompt in quotes
+    assert dedicated.invoke(PROMPT) == chat.query(quoted, max_new_tokens=5)["responses"][0]["generated_text"]
+
+    serverless = AzureMLOnlineEndpoint(
+        endpoint_url=root + "/completions", endpoint_api_type="serverless", endpoint_api_key=KEY,
+        content_formatter=CustomOpenAIContentFormatter(), model_kwargs={"max_tokens": 5, "temperature": 0},
+    )
+    expected = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=5, temperature=0).choices[0].text
+    assert serverless.invoke(PROMPT) == expected.strip()
+
+    chat_dedicated = AzureMLChatOnlineEndpoint(
+        endpoint_url=chat.scoring_uri, endpoint_api_type="dedicated", endpoint_api_key=KEY,
+        content_formatter=CustomOpenAIChatContentFormatter(), model_kwargs={"max_new_tokens": 5},
+    )
+    rendered = chat.query("<|user|>Hi\n<|assistant|>", max_new_tokens=5)["responses"][0]["generated_text"]
+    assert chat_dedicated.invoke([HumanMessage(content="Hi")]).content == rendered
+
+    chat_serverless = AzureMLChatOnlineEndpoint(
+        endpoint_url=root + "/models/chat/completions", endpoint_api_type="serverless", endpoint_api_key=KEY,
+        content_formatter=CustomOpenAIChatContentFormatter(), model_kwargs={"max_tokens": 5, "temperature": 0},
+    )
+    openai_text = client.chat.completions.create(
+        model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=5, temperature=0
+    ).choices[0].message.content
+    assert chat_serverless.invoke([HumanMessage(content="Hi")]).content == openai_text.strip()

@@ -316,8 +316,11 @@ def test_a_16_token_stream_arrives_in_more_than_one_piece(gpt2_server):
 
 
 def test_run_returns_a_streamed_aml_response_that_gives_the_generation_up_when_closed(service, monkeypatch):
+    from mii_azure.runtime.routes import Router
+
     score = _load_score_module()
     monkeypatch.setattr(score, "_service", service)
+    monkeypatch.setattr(score, "_router", Router(service))
     body = {"query": PROMPT, "stream": True, "parameters": {"max_new_tokens": 8}}
 
     response = score.run(_flask_request(body))

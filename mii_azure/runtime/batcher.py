@@ -13,6 +13,8 @@ instead of unbounded memory growth; a caller whose deadline passes gets a 504 an
 skipped if they have not started.
 
 All model and tokenizer work happens on the worker thread, so tasks need not be thread-safe.
+Each model call's size, the requests held and the tokens of generated entries (their ``num_tokens``)
+go to the process's serving metrics (:mod:`mii_azure.runtime.metrics`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import RequestError, RequestTimeoutError, ScoringError, ServiceUnavailableError
 from ..tasks.base import Deadline, TaskParameters
+from .metrics import serving_metrics
 
 __all__ = ["Batcher", "BatchStats", "WAIT_FRACTION", "queue_full_error", "shutting_down_error", "timeout_error"]
 
@@ -92,6 +95,7 @@ class Batcher:
         self._waiting = 0
         self._lock = threading.Lock()
         self._closed = False
+        self._metrics = serving_metrics()
         self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
         self._worker.start()
 
@@ -105,6 +109,7 @@ class Batcher:
                 self.stats.rejected_full += 1
                 raise queue_full_error(self.max_queue)
             self._waiting += 1
+            self._metrics.set_queue_depth(self._waiting)
         request = _Request(inputs, parameters, deadline)
         self._queue.put(request)
         try:
@@ -237,7 +242,8 @@ class Batcher:
         for start in range(0, len(inputs), self.max_batch_size):
             chunk = inputs[start : start + self.max_batch_size]
             began = time.perf_counter()
-            entries += self._run(chunk, parameters, deadline)
+            done = self._run(chunk, parameters, deadline)
+            entries += done
             elapsed = time.perf_counter() - began
             self._batch_seconds = elapsed if not self._batch_seconds else (
                 _SMOOTHING * elapsed + (1 - _SMOOTHING) * self._batch_seconds
@@ -246,6 +252,8 @@ class Batcher:
                 self.stats.batches += 1
                 self.stats.inputs += len(chunk)
                 self.stats.largest_batch = max(self.stats.largest_batch, len(chunk))
+            self._metrics.observe_batch(len(chunk), phase="batch")
+            self._metrics.count_generated_tokens(_generated_tokens(done))
         return entries
 
     def _record(self, batch: list[_Request]) -> None:
@@ -253,6 +261,7 @@ class Batcher:
             self.stats.requests += len(batch)
 
     def _finish(self, request: _Request, *, result: Optional[list[Any]] = None, error: Optional[BaseException] = None) -> None:
+        self._release(1)  # before the caller hears, so that its next look at the queue is current
         if error is not None:
             if not isinstance(error, RequestError):
                 logger.error("Scoring failed", exc_info=error)
@@ -260,11 +269,22 @@ class Batcher:
             request.future.set_exception(error)
         else:
             request.future.set_result(result or [])
-        self._release(1)
 
     def _release(self, count: int) -> None:
         with self._lock:
             self._waiting -= count
+            self._metrics.set_queue_depth(self._waiting)
+
+
+def _generated_tokens(entries: list[Any]) -> int:
+    """Tokens the generated entries of one batch hold (their ``num_tokens``; 0 for other tasks)."""
+    total = 0
+    for entry in entries:
+        if isinstance(entry, dict):
+            count = entry.get("num_tokens")
+            if isinstance(count, int) and not isinstance(count, bool):
+                total += count
+    return total
 
 
 def queue_full_error(limit: int) -> ServiceUnavailableError:

@@ -18,6 +18,8 @@ slot ``i`` of ``0 .. WORKER_COUNT - 1``:
 
 The slot directory is ``$MII_AZURE_REPLICA_DIR`` when set, else
 ``<tempdir>/mii-azure-replicas-<pid of the gunicorn master>`` (the worker's parent: one per server).
+The workers' shared metrics files (:mod:`mii_azure.runtime.metrics`) live in the folder
+:func:`metrics_directory` names: ``$PROMETHEUS_MULTIPROC_DIR``, else ``metrics/`` in the slot directory.
 
 The split comes from the worker count and the GPUs visible, not from a plan, on purpose: the plan a
 copy serves may be re-made on this machine (``Hardware.local()`` asks torch.cuda, which fixes the
@@ -45,9 +47,11 @@ __all__ = [
     "worker_count",
     "replica_directory",
     "replica_cores",
+    "metrics_directory",
     "REPLICA_DIR_ENV",
     "WORKER_COUNT_ENV",
     "REPLICA_CORES_ENV",
+    "METRICS_DIR_ENV",
     "READY_SUFFIX",
 ]
 
@@ -59,6 +63,8 @@ REPLICA_DIR_ENV = "MII_AZURE_REPLICA_DIR"
 WORKER_COUNT_ENV = "WORKER_COUNT"
 #: The cores of this copy, for the processes it starts (tensor-parallel ranks on CPU).
 REPLICA_CORES_ENV = "MII_AZURE_REPLICA_CORES"
+#: prometheus-client's multiprocess folder: where the workers of one server write their metrics.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The inference server's switch that loads the app once in the master, before forking.
 _PRELOAD_ENV = "WORKER_PRELOAD"
 READY_SUFFIX = ".ready"
@@ -129,6 +135,19 @@ def replica_directory(environ: Optional[Mapping[str, str]] = None) -> Path:
     if given:
         return Path(given).expanduser()
     return Path(tempfile.gettempdir()) / f"mii-azure-replicas-{os.getppid()}"
+
+
+def metrics_directory(environ: Optional[Mapping[str, str]] = None) -> Optional[Path]:
+    """Where this server's workers write their metrics files: ``$PROMETHEUS_MULTIPROC_DIR`` (the
+    launcher makes a fresh one per start), else ``metrics/`` in the replica slot directory when the
+    server runs several workers, else None (one process: its metrics stay in memory)."""
+    environ = os.environ if environ is None else environ
+    given = environ.get(METRICS_DIR_ENV)
+    if given:
+        return Path(given).expanduser()
+    if worker_count(environ) > 1:
+        return replica_directory(environ) / "metrics"
+    return None
 
 
 def replica_cores(environ: Optional[Mapping[str, str]] = None) -> int:

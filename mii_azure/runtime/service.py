@@ -31,6 +31,7 @@ from ..planner import OptimizationPlan, PlanOverrides
 from ..tasks.base import Deadline, ScoringRequest, check_input_count
 from .catalog import catalog_answer, is_catalog_request, read_catalog_request
 from .engine import Engine
+from .metrics import serving_metrics
 from .replies import HttpReply
 from .streaming import SSE_HEADERS, ScoreStream, SseBody, split_stream_flag
 from .replicas import ReplicaSlot, claim_replica, worker_count
@@ -120,9 +121,13 @@ class ScoringService:
         return cls(engine, replica=slot)
 
     def mark_ready(self) -> None:
-        """Record that this copy serves (its replica slot's ``.ready`` marker); nothing for a single copy."""
+        """Record that this copy serves: its replica slot's ``.ready`` marker (with several copies) and
+        the ``mii_azure_model_copies_ready`` metric."""
         if self.replica is not None:
             self.replica.mark_ready()
+        metrics = serving_metrics()
+        metrics.describe_model(self.name, self.task_cls.name)
+        metrics.set_ready(True)
 
     def serve_grpc_if_configured(
         self, environ: Optional[Mapping[str, str]] = None, *, api_key: Optional[str] = None

@@ -9,6 +9,10 @@ runs out of memory and nothing is dropped. Every sequence keeps its own sampling
 generator. The queue limit (503 with Retry-After), deadlines (504) and failure isolation mean what
 they mean for request-level batching (:mod:`mii_azure.runtime.batcher`).
 
+It reports to the process's serving metrics (:mod:`mii_azure.runtime.metrics`): each sequence's time
+to first token, the tokens generated, the rows of every prefill pass and decode step, the requests it
+holds and the KV cache the running batch needs (once per step, so the decode loop stays cheap).
+
 All model and tokenizer work happens on the worker thread.
 """
 
@@ -18,6 +22,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
@@ -32,6 +37,7 @@ from ...tasks.base import Deadline
 from ...tasks.generation import TextGenerationParameters
 from .events import StreamEnd, StreamEvent, TextPiece
 from ..batcher import queue_full_error, shutting_down_error, timeout_error
+from ..metrics import serving_metrics
 from .batch_cache import BatchCache
 from .kv_cache import PaddedCache
 from .model_runner import CausalLMRunner
@@ -70,6 +76,7 @@ class _Request:
     future: "Future[list[Any]]" = field(default_factory=Future)
     sequences: list["_Sequence"] = field(default_factory=list)
     gave_up: bool = False  # the caller timed out or closed its stream
+    submitted: float = field(default_factory=time.perf_counter)
 
     def answered(self) -> bool:
         return self.future.done()
@@ -133,6 +140,9 @@ class ContinuousBatcher:
         self._lock = threading.Lock()
         self._closed = False
         self._stopping = False
+        self._metrics = serving_metrics()
+        self._metrics.set_kv_cache(0, kv_cache_tokens)
+        self._generated = 0  # tokens generated since the metrics last heard (worker thread only)
         self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
         self._worker.start()
         # Stop the worker before the interpreter finalizes: a daemon thread that has run torch ops can
@@ -176,6 +186,7 @@ class ContinuousBatcher:
                 self.stats.rejected_full += 1
                 raise queue_full_error(self.max_queue)
             self._waiting += 1
+            self._metrics.set_queue_depth(self._waiting)
         self._inbox.put(request)
         return request
 
@@ -194,6 +205,7 @@ class ContinuousBatcher:
     def _loop(self) -> None:
         with torch.inference_mode():
             while True:
+                self._publish()
                 idle = not (self._running or self._chunking or self._waiting_sequences)
                 if not self._take_requests(block=idle):
                     return
@@ -344,6 +356,7 @@ class ContinuousBatcher:
         if not group:
             return
         self._prefilling = group
+        self._metrics.observe_batch(len(group), phase="prefill")
         logits, state = self.runner.prefill([s.prompt for s in group])
         with self._lock:
             self.stats.prefills += 1
@@ -355,6 +368,7 @@ class ContinuousBatcher:
         chunk = self.prefill_chunk_tokens
         start = sequence.prefilled
         piece = sequence.prompt[start : start + chunk]
+        self._metrics.observe_batch(1, phase="prefill")
         if sequence.state is None:
             logits, sequence.state = self.runner.prefill([piece])
         else:
@@ -371,12 +385,16 @@ class ContinuousBatcher:
     def _start_decoding(self, group: list[_Sequence], logits: torch.Tensor, state: PaddedCache) -> None:
         """Take each prefilled sequence's first token; those not finished join the running batch."""
         tokens = self._choose(group, logits)
+        now = time.perf_counter()
+        for sequence in group:
+            self._metrics.observe_first_token(now - sequence.request.submitted)
         joining = [row for row, (sequence, token) in enumerate(zip(group, tokens)) if not self._advance(sequence, token)]
         if joining:
             self._batch.join(state, joining)
             self._running.extend(group[row] for row in joining)
 
     def _decode_step(self) -> None:
+        self._metrics.observe_batch(len(self._running), phase="decode")
         logits = self.runner.decode(self._batch, [sequence.last_token for sequence in self._running])
         with self._lock:
             self.stats.steps += 1
@@ -406,7 +424,9 @@ class ContinuousBatcher:
     def _advance(self, sequence: _Sequence, token: int) -> bool:
         """Add ``token`` to the sequence and stream what became final; True when it is done."""
         text = sequence.text
+        before = text.num_tokens
         text.add(token)
+        self._generated += text.num_tokens - before
         sequence.last_token = token
         done = text.finished or text.num_tokens >= sequence.max_new_tokens
         piece = text.finish() if done else text.release()
@@ -435,6 +455,10 @@ class ContinuousBatcher:
     def _answer(self, request: _Request, *, result: Optional[list[Any]] = None, error: Optional[BaseException] = None) -> None:
         if request.answered():
             return
+        self._flush_generated()
+        with self._lock:  # before the caller hears, so that its next look at the queue is current
+            self._waiting -= 1
+            self._metrics.set_queue_depth(self._waiting)
         if error is not None:
             request.future.set_exception(error)
             if request.events is not None:
@@ -443,8 +467,21 @@ class ContinuousBatcher:
             request.future.set_result(result or [])
             if request.events is not None:
                 request.events.put(StreamEnd(result[0] if result else {}))
-        with self._lock:
-            self._waiting -= 1
+
+    def _flush_generated(self) -> None:
+        if self._generated:
+            self._metrics.count_generated_tokens(self._generated)
+            self._generated = 0
+
+    def _publish(self) -> None:
+        """Tell the metrics what the last step did and what the running batch holds (once per step)."""
+        self._flush_generated()
+        rows = len(self._running)
+        reach = max((sequence.reach for sequence in self._running), default=0)
+        if self._chunking is not None:
+            rows += 1
+            reach = max(reach, self._chunking.reach)
+        self._metrics.set_kv_cache(rows * reach, self.kv_cache_tokens)
 
 
 class _EventStream:

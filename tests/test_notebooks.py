@@ -1,56 +1,85 @@
-"""The notebooks run top to bottom (their code cells, in order, in one namespace)."""
+"""The notebooks run top to bottom in a real Jupyter kernel (nbclient), as a user runs them.
+
+Each test executes a notebook in memory (outputs are never written back), then one extra cell the
+test adds prints the values it checks as JSON.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
 pytestmark = [pytest.mark.serving, pytest.mark.harness]
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+_FACTS = "__facts__:"
 
 
-def run_notebook(path: Path) -> tuple[dict, str]:
-    """Execute the code cells of ``path``; the resulting namespace and everything printed."""
-    namespace: dict = {"__name__": "__main__"}
-    output = io.StringIO()
-    with contextlib.redirect_stdout(output):
-        for cell in json.loads(path.read_text())["cells"]:
-            if cell["cell_type"] == "code":
-                exec(compile("".join(cell["source"]), path.name, "exec"), namespace)
-    return namespace, output.getvalue()
+def run_notebook(path: Path, cwd: Path, facts: Optional[str] = None, timeout_s: int = 600) -> tuple[str, Any]:
+    """Execute ``path`` in a fresh kernel in ``cwd``; everything its cells printed, and the JSON that the
+    ``facts`` expression (evaluated in the notebook's namespace afterwards) gave."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.reads(path.read_text(), as_version=4)
+    if facts is not None:
+        notebook.cells.append(nbformat.v4.new_code_cell(f"import json as _json\nprint({_FACTS!r} + _json.dumps({facts}))"))
+    NotebookClient(notebook, timeout=timeout_s, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+    printed = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                printed.append(output["text"])
+            elif output.get("output_type") in ("execute_result", "display_data"):
+                printed.append(output.get("data", {}).get("text/plain", ""))
+    text = "".join(printed)
+    values = None
+    if facts is not None:
+        line = next(line for line in text.splitlines() if line.startswith(_FACTS))
+        values = json.loads(line[len(_FACTS) :])
+    return text, values
 
 
 def test_every_notebook_has_a_test():
-    tested = {"01-deploy-locally.ipynb", "02-deploy-to-azureml.ipynb"}
+    tested = {"01-deploy-locally.ipynb", "02-deploy-to-azureml.ipynb", "03-compare-sku-costs.ipynb"}
     assert {path.name for path in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
-def test_deploy_locally(monkeypatch, tmp_path):
+def test_deploy_locally(tmp_path):
     import mii_azure
 
-    monkeypatch.chdir(tmp_path)
-    namespace, printed = run_notebook(NOTEBOOKS / "01-deploy-locally.ipynb")
+    printed, facts = run_notebook(NOTEBOOKS / "01-deploy-locally.ipynb", tmp_path, facts="similarity")
     assert "feature-extraction minilm" in printed and "why:" in printed
     assert "400 Unknown parameter 'max_new_tokens'" in printed
-    assert namespace["similarity"][1] > namespace["similarity"][2]
+    assert facts[1] > facts[2]
     assert "minilm" not in [deployment.name for deployment in mii_azure.list_deployments()], "the notebook deletes it"
 
 
 @pytest.mark.azure  # needs azure-ai-ml, which the oldest-stack serving run does not install
-def test_deploy_to_azureml_dry_run(monkeypatch, tmp_path):
+def test_deploy_to_azureml_dry_run(tmp_path, monkeypatch):
     """The Azure notebook runs without a workspace: the dry run writes YAML that azure-ai-ml reads back."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MII_AZURE_HOME", str(tmp_path / "home"))
-    namespace, printed = run_notebook(NOTEBOOKS / "02-deploy-to-azureml.ipynb")
-    run = namespace["run"]
-    assert run.package.path == (tmp_path / "minilm-package").resolve()
-    assert namespace["deployment"].instance_type == run.spec.instance_type == "Standard_NC4as_T4_v3"
-    assert namespace["endpoint"].name == "minilm-search"
+    monkeypatch.setenv("MII_AZURE_HOME", str(tmp_path / "home"))  # the kernel inherits the environment
+    facts = (
+        '{"package": str(run.package.path), "instance_type": deployment.instance_type, '
+        '"spec_instance_type": run.spec.instance_type, "endpoint": endpoint.name}'
+    )
+    printed, values = run_notebook(NOTEBOOKS / "02-deploy-to-azureml.ipynb", tmp_path, facts=facts)
+    assert Path(values["package"]) == (tmp_path / "minilm-package").resolve()
+    assert values["instance_type"] == values["spec_instance_type"] == "Standard_NC4as_T4_v3"
+    assert values["endpoint"] == "minilm-search"
     assert "az ml online-deployment create -f" in printed and "--all-traffic" in printed
     assert "strict=True" in printed and "SkuNotAvailableError" in printed
     assert "hf_not_a_real_token" not in printed, "a literal secret is refused without being echoed"
+
+
+def test_compare_sku_costs_with_its_chart(tmp_path):
+    facts = '{"best": best.instance_type, "meets": best.status, "rows": len(frame), "chart": str(chart), "small": len(small.estimates)}'
+    printed, values = run_notebook(NOTEBOOKS / "03-compare-sku-costs.ipynb", tmp_path, facts=facts)
+    assert values["meets"] == "ok" and values["best"] in printed
+    assert values["rows"] >= 8 and values["small"] >= 4
+    chart = Path(values["chart"])
+    chart = chart if chart.is_absolute() else tmp_path / chart  # written in the notebook's folder
+    assert chart.parent == tmp_path and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

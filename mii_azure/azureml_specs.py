@@ -7,6 +7,10 @@ for ``az ml online-endpoint/online-deployment create -f``. Pure: no azure import
 Names are chosen at deploy time: a package deploys under any endpoint and deployment name, and the
 endpoint's name is what responses report as their ``model``.
 
+Routes: the environment carries an ``inference_config`` (liveness, readiness and scoring routes on
+the launcher's port; :func:`mii_azure.serving_image.inference_config`), so the image runs the
+package's own launcher and the endpoint forwards every path (``/score``, ``/v1/...``) to it.
+
 Probes: the container must not be restarted while it loads. The expected load time is
 ``LOAD_BASE_S + LOAD_S_PER_GB x (GB of weights per instance)`` (+ ``INJECTION_S`` with DeepSpeed
 kernel injection); the liveness and readiness probes start after it, then tolerate
@@ -25,6 +29,7 @@ from .config import HUB_MODEL_ENV, ServingSettings
 from .errors import ConfigError
 from .models import ModelSource
 from .planner import OptimizationPlan
+from .serving_image import inference_config
 from .sku_choice import AZURE_MAX_REQUEST_TIMEOUT_S, check_request_timeout
 
 __all__ = [
@@ -259,7 +264,8 @@ def _model_entry(package_dir: Path, manifest: Any) -> Any:
 def _environment_entry(package_dir: Path, manifest: Any) -> Any:
     build = package_dir / "environment" / "Dockerfile"
     if build.is_file():
-        return {"build": {"path": "../environment", "dockerfile_path": "Dockerfile"}}
+        # The image runs the package's launcher; the routes make the endpoint forward every path to it.
+        return {"build": {"path": "../environment", "dockerfile_path": "Dockerfile"}, "inference_config": inference_config()}
     return {"image": manifest.image, "conda_file": f"../{manifest.conda_file}"}
 
 

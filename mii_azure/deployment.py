@@ -25,6 +25,7 @@ import logging
 import random
 import time
 import urllib.error
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Protocol, Union
@@ -78,6 +79,8 @@ MODEL_ERROR_STATUS_HEADER = "ms-azureml-model-error-statuscode"
 """On a 424 from an Azure ML endpoint's front: the status the container answered."""
 MODEL_ERROR_REASON_HEADER = "ms-azureml-model-error-reason"
 """On a 424 from an Azure ML endpoint's front: the front's reason for it."""
+SCORING_PATH = "/score"
+"""The scoring contract's route (DESIGN.md section 3)."""
 
 
 AuthProvider = Callable[[], Mapping[str, str]]
@@ -161,6 +164,10 @@ class Deployment:
     sent with every request (an ``Authorization`` among them is treated like ``auth``'s). ``retries``
     is a :class:`Retries` or a number of retries (0: none). ``timeout_s`` bounds each try
     (connecting, then waiting for the answer).
+
+    ``scoring_uri`` is where queries go: the ``/score`` route. An endpoint's root (what Azure ML reports
+    as the scoring URI of a deployment whose scoring route is ``/``) stands for its ``/score``.
+    :attr:`openai_base_url` is the base of the OpenAI-compatible routes beside it.
     """
 
     def __init__(
@@ -183,7 +190,7 @@ class Deployment:
     ) -> None:
         self.name = name
         self.target = target
-        self.scoring_uri = scoring_uri
+        self.scoring_uri = _scoring_url(scoring_uri)
         self.grpc_target = grpc_target
         self.plan = plan
         self.endpoint = endpoint
@@ -199,6 +206,16 @@ class Deployment:
             self._headers[MODEL_DEPLOYMENT_HEADER] = deployment
         self._auth = _with_static_secrets(auth, headers or {})
         self._transport: HttpTransport = transport if transport is not None else PooledTransport()
+
+    @property
+    def openai_base_url(self) -> str:
+        """The base URL of the OpenAI-compatible routes beside ``/score`` (``<root>/v1``): pass it as an
+        OpenAI client's ``base_url``, with the deployment's key as ``api_key`` (an Azure ML endpoint's key,
+        or the local harness's ``MII_AZURE_API_KEY``). The ``model`` of a request is the deployment's name
+        (an Azure ML endpoint's name)."""
+        parts = urllib.parse.urlsplit(self.scoring_uri)
+        root = parts.path[: -len(SCORING_PATH)] if parts.path.endswith(SCORING_PATH) else parts.path
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, root.rstrip("/") + "/v1", "", ""))
 
     # --- queries -----------------------------------------------------------------------------
     def query(self, request: Union[str, list[Any], Mapping[str, Any], None] = None, **parameters: Any) -> dict[str, Any]:
@@ -598,6 +615,15 @@ def _sse_events(lines: Iterator[bytes]) -> Iterator[Any]:
             data.append(value[1:] if value.startswith(b" ") else value)
     if data:
         yield _decode(b"\n".join(data))
+
+
+def _scoring_url(uri: str) -> str:
+    """The ``/score`` URL of ``uri``: an endpoint's root (Azure ML's scoring URI for a deployment whose
+    scoring route is ``/``) means its ``/score``; any other URL is where queries go as it is."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme and parts.netloc and parts.path in ("", "/"):
+        return urllib.parse.urlunsplit((parts.scheme, parts.netloc, SCORING_PATH, parts.query, ""))
+    return uri
 
 
 def _retries(retries: Union[Retries, int, None]) -> Retries:

@@ -1,10 +1,16 @@
 """The serving image's Docker build context: a ``Dockerfile`` and a pinned ``requirements.txt``.
 
 A package's ``environment/`` folder is the build context of the image Azure ML builds for the
-deployment. Azure ML runs its prebuilt inference server (``azmlinfsrv``, from
-``azureml-inference-server-http``) with the package's ``score.py`` (the deployment's
-``code_configuration``), so the image only has to provide the Python environment, with
-``azmlinfsrv`` on ``PATH``.
+deployment. The image runs the package's own launcher (``launch.py``, the one the local harness
+runs): the Azure ML environment carries an ``inference_config`` (:func:`inference_config`), so
+Azure ML runs the image's command instead of starting its prebuilt inference server itself, and its
+endpoint forwards every path to the container's port (``/score``, ``/v1/...``, ``/metrics``), not
+only ``/score``. The command (:data:`ENTRYPOINT`) starts the launcher from the deployment's code
+(mounted under ``/var/azureml-app``; ``AML_APP_ROOT`` is the folder holding the scoring script,
+``AZUREML_ENTRY_SCRIPT`` its name) with ``--host 0.0.0.0 --port 5001``; the launcher takes the entry
+script, the model folder (``AZUREML_MODEL_DIR``), the worker count (``WORKER_COUNT``) and the worker
+threads (``GUNICORN_CMD_ARGS``) from the variables Azure ML and the deployment set. The liveness and
+readiness probes ask the inference server's ``GET /``, which answers only once ``init()`` returned.
 
 GPU images
     torch 2.13.0's Linux wheel on PyPI is a CUDA 13.0 build, and DeepSpeed refuses to build its ops
@@ -44,6 +50,7 @@ agree), for every package the image installs except the CUDA wheels torch pins i
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Iterable, Literal, Optional
@@ -72,6 +79,11 @@ __all__ = [
     "TORCH_CPU_INDEX_URL",
     "CUDA_ARCHITECTURES",
     "PREBUILT_OPS",
+    "SERVING_PORT",
+    "PROBE_PATH",
+    "SCORING_PATH",
+    "ENTRYPOINT",
+    "inference_config",
     "SERVING_PINS",
     "GPU_PINS",
     "GPU_ONLY_PINS",
@@ -98,6 +110,36 @@ ENV_PREFIX = "/opt/mii-azure"
 SITE_PACKAGES = f"{ENV_PREFIX}/lib/python{PYTHON_VERSION}/site-packages"
 #: The CUDA 13 tree the nvidia-* wheels install into: nvcc, headers and libraries.
 CUDA_HOME = f"{SITE_PACKAGES}/nvidia/cu13"
+
+#: The port the launcher listens on in the container (the inference server's own default), and the
+#: one every route of the environment's ``inference_config`` names.
+SERVING_PORT = 5001
+#: The inference server's liveness route: it answers 200 only once the scoring script's init() returned.
+PROBE_PATH = "/"
+#: The scoring route: ``/`` makes the endpoint's scoring URI its root, and the endpoint forwards every
+#: path as it is (``/score``, ``/v1/completions``, ...) to the container.
+SCORING_PATH = "/"
+#: The image's command: the package's launcher, from the deployment's code folder, reachable by the
+#: endpoint's front. Azure ML sets ``AML_APP_ROOT`` and ``AZUREML_ENTRY_SCRIPT``; the launcher reads
+#: the rest (entry script, model folder, workers, threads) from the environment.
+ENTRYPOINT: tuple[str, ...] = (
+    "/bin/sh",
+    "-c",
+    'cd "${AML_APP_ROOT:?is not set: Azure ML sets it to the folder of the scoring script}" '
+    f'&& exec {ENV_PREFIX}/bin/python '
+    '"$(dirname "${AZUREML_ENTRY_SCRIPT:?is not set: Azure ML sets it to the scoring script}")/launch.py" '
+    f"--host 0.0.0.0 --port {SERVING_PORT}",
+)
+
+
+def inference_config() -> dict[str, dict[str, object]]:
+    """The Azure ML environment's ``inference_config``: liveness, readiness and scoring routes on the
+    launcher's port (:data:`SERVING_PORT`); probes on the inference server's ``GET /``, scoring on ``/``."""
+    return {
+        "liveness_route": {"port": SERVING_PORT, "path": PROBE_PATH},
+        "readiness_route": {"port": SERVING_PORT, "path": PROBE_PATH},
+        "scoring_route": {"port": SERVING_PORT, "path": SCORING_PATH},
+    }
 
 #: The GPU targets CUDA 13.0's nvcc compiles for (``nvcc --list-gpu-arch``, nvcc 13.0.88).
 CUDA_ARCHITECTURES: tuple[str, ...] = (
@@ -133,6 +175,7 @@ SERVING_PINS: dict[str, str] = {
     "opentelemetry-sdk": "1.33.0",
     "grpcio": "1.85.3",
     "protobuf": "7.36.2",
+    "prometheus-client": "0.26.0",
     "numpy": "2.4.6",
     "packaging": "26.4",
     "psutil": "7.2.2",
@@ -247,6 +290,7 @@ class ImageSpec(BaseModel):
     the compute capabilities DeepSpeed's ``prebuilt_ops`` are compiled for (``torch_cuda_arch_list``
     as ``TORCH_CUDA_ARCH_LIST`` spells them), ``cuda_home`` the CUDA tree in the image and
     ``build_env`` the DeepSpeed build variables. ``requirements`` are the lines of requirements.txt.
+    ``entrypoint`` is the image's command (the package's launcher) and ``port`` the one it listens on.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -266,6 +310,8 @@ class ImageSpec(BaseModel):
     dockerfile: str = DOCKERFILE
     requirements_file: str = REQUIREMENTS_FILE
     requirements: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] = ENTRYPOINT
+    port: int = SERVING_PORT
 
     @property
     def gpu(self) -> bool:
@@ -413,7 +459,7 @@ def _requirements_text(spec: ImageSpec) -> str:
 def _dockerfile_text(spec: ImageSpec) -> str:
     common_head = [
         f"# mii_azure serving image ({spec.kind.upper()}), written by mii_azure.serving_image: rebuild the package",
-        "# rather than editing it. Azure ML runs azmlinfsrv from this image with the package's score.py.",
+        "# rather than editing it. It runs the package's launcher (launch.py) with the deployment's score.py.",
         f"FROM {spec.base_image}",
         "",
         "USER root",
@@ -439,7 +485,7 @@ def _dockerfile_text(spec: ImageSpec) -> str:
             "raise SystemExit(0 if torch.version.cuda is None else 'torch is a CUDA build')\" \\",
             "    && command -v azmlinfsrv",
             "",
-        ]
+        ] + _command_lines(spec)
         return "\n".join(lines)
 
     op_modules = ", ".join(repr(module) for _, module in PREBUILT_OPS.values())
@@ -475,5 +521,17 @@ def _dockerfile_text(spec: ImageSpec) -> str:
         f'RUN python -c "{check}" \\',
         "    && command -v azmlinfsrv",
         "",
-    ]
+    ] + _command_lines(spec)
     return "\n".join(lines)
+
+
+def _command_lines(spec: ImageSpec) -> list[str]:
+    """The image's command: the package's launcher on :data:`SERVING_PORT`, reachable from outside."""
+    return [
+        "# The package's launcher (launch.py, the one the local harness runs), from the deployment's code",
+        "# folder, bound to every interface so that the endpoint's front reaches it. The environment's",
+        f"# inference_config points the probes at GET / and the scoring route at / on port {spec.port}.",
+        f"EXPOSE {spec.port}",
+        f"ENTRYPOINT {json.dumps(list(spec.entrypoint))}",
+        "",
+    ]

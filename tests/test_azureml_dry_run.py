@@ -54,6 +54,16 @@ def test_dry_run_writes_yaml_that_azure_ai_ml_loads_with_the_names_given(model_d
     assert deployment.request_settings.request_timeout_ms == 120_000
     for probe in (deployment.liveness_probe, deployment.readiness_probe):
         assert probe.initial_delay == expected_load_s(plan) and probe.period == 10 and probe.failure_threshold == 30
+    # The image runs the package's launcher: the routes point the probes at GET / and scoring at / on its
+    # port, so the endpoint forwards /score, /v1/... and /metrics alike to the container.
+    written = yaml.safe_load(run.deployment_file.read_text())["environment"]
+    assert written["inference_config"] == {
+        "liveness_route": {"port": 5001, "path": "/"},
+        "readiness_route": {"port": 5001, "path": "/"},
+        "scoring_route": {"port": 5001, "path": "/"},
+    }
+    routes = deployment.environment.inference_config
+    assert (routes.scoring_route.port, routes.scoring_route.path, routes.readiness_route.path) == (5001, "/", "/")
     # Relative paths are relative to the YAML's folder, as `az ml` reads them.
     specs = run.endpoint_file.parent
     assert (specs / deployment.code_configuration.code).resolve() == run.package.path

@@ -60,6 +60,7 @@ class Reply:
 class Seen:
     headers: dict[str, str]
     body: Any
+    path: str = ""
 
 
 class ScriptedServer:
@@ -86,7 +87,7 @@ class ScriptedServer:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with owner._lock:
-                    owner.seen.append(Seen({key.lower(): value for key, value in self.headers.items()}, body))
+                    owner.seen.append(Seen({key.lower(): value for key, value in self.headers.items()}, body, self.path))
                     reply = owner.script.popleft() if owner.script else Reply()
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
@@ -521,6 +522,27 @@ def test_repr_names_the_endpoint_and_deployment(fake_time):
         "scoring_uri='https://gpt2-endpoint.westeurope.inference.ml.azure.com/score', "
         "endpoint='gpt2-endpoint', deployment='blue')"
     )
+
+
+def test_an_endpoint_root_as_scoring_uri_is_queried_at_its_score_route(server, fake_time):
+    """Azure ML reports the endpoint's root as the scoring URI of a deployment whose scoring route is /."""
+    root = server.url[: -len("score")]
+    handle = azure_handle(root, fake_time)
+    assert handle.scoring_uri == server.url and handle.query("hi")["responses"] == ["hi"]
+    assert server.seen[-1].path == "/score"
+    assert handle.openai_base_url == root + "v1"
+
+
+@pytest.mark.parametrize(
+    "uri, base",
+    [
+        ("https://chat.westeurope.inference.ml.azure.com/", "https://chat.westeurope.inference.ml.azure.com/v1"),
+        ("https://chat.westeurope.inference.ml.azure.com/score", "https://chat.westeurope.inference.ml.azure.com/v1"),
+        ("http://127.0.0.1:5001/score", "http://127.0.0.1:5001/v1"),
+    ],
+)
+def test_the_openai_base_url_is_v1_beside_score(uri, base, fake_time):
+    assert azure_handle(uri, fake_time).openai_base_url == base
 
 
 # --- HTTPS ---------------------------------------------------------------------------------------

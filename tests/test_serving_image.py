@@ -30,12 +30,15 @@ from mii_azure.serving_image import (
     CUDA_HOME,
     CUDA_TOOLKIT_REQUIREMENT,
     DEEPSPEED_VERSION,
+    ENTRYPOINT,
     GPU_ONLY_PINS,
+    SERVING_PORT,
     TORCH_CPU_INDEX_URL,
     ImageSpec,
     ServingImageError,
     UnsupportedComputeCapabilityError,
     image_spec,
+    inference_config,
     write_build_context,
 )
 from mii_azure.skus import catalog
@@ -88,7 +91,7 @@ def test_gpu_dockerfile_builds_deepspeed_inference_ops_for_the_size(tmp_path):
     # the links the op's -lcudart / -lcurand need, in the CUDA tree the wheels install
     assert 'ln -sf libcudart.so.13 "$CUDA_HOME/lib/libcudart.so"' in dockerfile
     assert 'ln -sf libcurand.so.10 "$CUDA_HOME/lib/libcurand.so"' in dockerfile
-    assert dockerfile.rstrip().endswith("command -v azmlinfsrv")
+    assert "command -v azmlinfsrv\n" in dockerfile
     # steps in order: requirements (torch, nvcc) before DeepSpeed's build, the check last
     order = [dockerfile.index(text) for text in ("pip install -r", "--no-build-isolation deepspeed", "RUN python -c")]
     assert order == sorted(order)
@@ -221,7 +224,7 @@ def test_cpu_image_takes_torch_from_pytorch_cpu_index_and_no_deepspeed(tmp_path)
         assert absent not in pins, absent
     (check,) = _python_checks(dockerfile)
     compile(check, "<Dockerfile check>", "exec")
-    assert dockerfile.rstrip().endswith("command -v azmlinfsrv")
+    assert "command -v azmlinfsrv\n" in dockerfile
 
 
 def test_rewriting_replaces_the_files(tmp_path):
@@ -229,6 +232,51 @@ def test_rewriting_replaces_the_files(tmp_path):
     write_build_context(tmp_path, gpu=False)
     assert "deepspeed" not in (tmp_path / "Dockerfile").read_text()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["Dockerfile", "requirements.txt"]
+
+
+# ------------------------------------------------------------------------- the image's command
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_the_image_runs_the_package_launcher_on_the_port_its_routes_name(tmp_path, gpu):
+    spec = write_build_context(tmp_path, gpu=gpu, cuda_arch_list=["8.0"] if gpu else [])
+    dockerfile = (tmp_path / "Dockerfile").read_text()
+    (entrypoint,) = [line for line in dockerfile.splitlines() if line.startswith("ENTRYPOINT ")]
+    assert json.loads(entrypoint[len("ENTRYPOINT "):]) == list(spec.entrypoint) == list(ENTRYPOINT)
+    assert dockerfile.rstrip().endswith(entrypoint), "nothing after the command overrides it"
+    assert f"EXPOSE {SERVING_PORT}" in dockerfile and spec.port == SERVING_PORT == 5001
+    assert not re.search(r"^CMD ", dockerfile, flags=re.MULTILINE), "the base image's CMD is reset by ENTRYPOINT"
+    assert f"--host 0.0.0.0 --port {SERVING_PORT}" in spec.entrypoint[-1], "reachable by the endpoint's front"
+    routes = inference_config()
+    assert {route["port"] for route in routes.values()} == {SERVING_PORT}
+    assert (routes["liveness_route"]["path"], routes["readiness_route"]["path"]) == ("/", "/"), "GET / answers once init() returned"
+    assert routes["scoring_route"]["path"] == "/", "the endpoint forwards every path to the container"
+
+
+def _run_image_command(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess:
+    """The image's command under /bin/sh with this interpreter as the image's Python; launch.py is a stub
+    that prints its arguments and working directory."""
+    command = [part.replace("/opt/mii-azure/bin/python", sys.executable) for part in ENTRYPOINT]
+    env = {"PATH": "/usr/bin:/bin", **variables}
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+
+def test_the_image_command_starts_the_launcher_beside_the_entry_script(tmp_path):
+    code = tmp_path / "var" / "azureml-app" / "my-package"
+    code.mkdir(parents=True)
+    (code / "launch.py").write_text("import json, os, sys\nprint(json.dumps({'argv': sys.argv[1:], 'cwd': os.getcwd()}))\n")
+    # Azure ML: AML_APP_ROOT is the folder of the scoring script, AZUREML_ENTRY_SCRIPT its name.
+    started = _run_image_command(tmp_path, AML_APP_ROOT=str(code), AZUREML_ENTRY_SCRIPT="score.py")
+    assert started.returncode == 0, started.stderr
+    assert json.loads(started.stdout) == {"argv": ["--host", "0.0.0.0", "--port", "5001"], "cwd": str(code)}
+    # An entry script named from the app root (or absolutely) finds the same launcher.
+    parent = _run_image_command(tmp_path, AML_APP_ROOT=str(code.parent), AZUREML_ENTRY_SCRIPT="my-package/score.py")
+    assert parent.returncode == 0 and json.loads(parent.stdout)["argv"][-1] == "5001", parent.stderr
+
+
+def test_the_image_command_names_the_missing_variable(tmp_path):
+    missing = _run_image_command(tmp_path, AZUREML_ENTRY_SCRIPT="score.py")
+    assert missing.returncode != 0 and "AML_APP_ROOT" in missing.stderr and "Azure ML sets it" in missing.stderr
 
 
 # ------------------------------------------------------------------------------ network (PyPI)

@@ -76,13 +76,14 @@ class InferenceServerProcess:
         """The ``/score`` URL, the same contract as an Azure ML endpoint."""
         return f"{self.base_url}/score"
 
-    def start(self) -> "InferenceServerProcess":
-        """Launch the process (returns at once; see :meth:`wait_ready`)."""
+    def command(self) -> list[str]:
+        """The launcher's command line: the launcher beside the entry script (a package's), else this
+        copy's, with the entry script, model folder, address, threads and workers."""
         from ..runtime.http_server import entry_script_path, launcher_path
 
         entry_script = Path(self.entry_script or entry_script_path())
         sibling_launcher = entry_script.parent / "launch.py"
-        command = [
+        return [
             sys.executable,
             str(sibling_launcher if sibling_launcher.is_file() else launcher_path()),
             "--entry_script",
@@ -98,6 +99,10 @@ class InferenceServerProcess:
             "--worker_count",
             str(self.workers),
         ]
+
+    def start(self) -> "InferenceServerProcess":
+        """Launch the process (returns at once; see :meth:`wait_ready`)."""
+        command = self.command()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.environment}
         if self.workers > 1:
             # A fresh folder: no slot or ready marker of an earlier server counts for this one.

@@ -265,6 +265,8 @@ class EndpointRecord:
     keys: dict[str, str]
     ready_at: float
     state: str = "Creating"
+    #: The scoring URI's path: ``/score``, or a custom container's scoring route once one is deployed.
+    scoring_path: str = "/score"
 
 
 class FakeArmState:

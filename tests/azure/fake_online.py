@@ -109,7 +109,7 @@ class OnlineEndpointRoutes:
             created = record is None
             keys = record.keys if record else {"primaryKey": secrets.token_urlsafe(32),
                                                "secondaryKey": secrets.token_urlsafe(32)}
-            resource = self._endpoint_resource(name, body, properties, front,
+            resource = self._endpoint_resource(name, body, properties, front, record.scoring_path if record else "/score",
                                                record.resource["systemData"] if record else None)
             if record is None:
                 record = EndpointRecord(name=name, resource=resource, keys=keys, ready_at=0.0)
@@ -123,11 +123,12 @@ class OnlineEndpointRoutes:
         return Reply(201 if created else 200, self._endpoint_view(record), self._operation_headers(operation))
 
     def _endpoint_resource(self, name: str, body: dict[str, Any], properties: dict[str, Any], front: EndpointFront,
-                           created: Optional[dict[str, Any]]) -> dict[str, Any]:
+                           scoring_path: str, created: Optional[dict[str, Any]]) -> dict[str, Any]:
         properties.update({
             "authMode": properties.get("authMode") or "Key",
-            "scoringUri": front.scoring_uri,
-            "swaggerUri": f"{front.base_url}/swagger.json",
+            # /score, or the scoring route of a custom container deployed to the endpoint.
+            "scoringUri": front.uri(scoring_path),
+            "swaggerUri": front.uri("/swagger.json"),
             "traffic": {k: int(v) for k, v in (properties.get("traffic") or {}).items()},
             "mirrorTraffic": properties.get("mirrorTraffic") or {},
             "publicNetworkAccess": properties.get("publicNetworkAccess") or "Enabled",

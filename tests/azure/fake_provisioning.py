@@ -9,6 +9,12 @@ environment variables, and puts it behind the endpoint's front once it is ready.
 environment is **not** built (no Docker here): the server runs in the test's own Python
 environment. A server that exits or is not ready in time fails the deployment with its last
 exception line (``getLogs`` shows its log).
+
+An environment with an ``inferenceConfig`` is a custom container: then the image's own command (its
+Dockerfile's ``ENTRYPOINT``) runs instead, with only the image's Python and its published port
+adapted (:mod:`fake_container`), readiness is its readiness route, and once it is ready the
+endpoint's scoring URI becomes its scoring route (``https://127.0.0.1:<port>/`` for ``/``), as
+Azure ML documents.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 
 from azurite import Azurite
 from fake_arm_state import DeploymentRecord, FakeArmState, iso_duration_ms
+from fake_container import ContainerProcess, ContainerRoutes, FakeContainerError, image_command
 from front import FrontDeployment, ScoringFront
 
 __all__ = ["Provisioner"]
@@ -106,16 +113,8 @@ class Provisioner:
         if model_dir is not None:
             environment["AZUREML_MODEL_DIR"] = str(model_dir)
         from mii_azure.errors import ModelLoadError
-        from mii_azure.targets.server_process import InferenceServerProcess
 
-        server = InferenceServerProcess(
-            model_dir or root,
-            log_path=record.log_path,
-            entry_script=code_dir / scoring_script,
-            environment=environment,
-            threads=_gunicorn_threads(variables.get("GUNICORN_CMD_ARGS", "")),
-            workers=int(variables.get("WORKER_COUNT", "1") or 1),
-        )
+        server = self._server(record, properties, code_dir / scoring_script, model_dir or root, environment, variables)
         with self.state.lock:
             # Started under the lock: a delete either sees this server (and stops it) or came first.
             if not self._current(record, generation):
@@ -139,8 +138,62 @@ class Provisioner:
                 return
             record.state = "Succeeded"
             front = self.front.get(record.endpoint)
+            routes = getattr(server, "routes", None)
+            endpoint = self.state.endpoints.get(record.endpoint.lower())
+            if routes is not None and endpoint is not None and front is not None:
+                # Azure ML: a deployment of a custom container sets the endpoint's scoring URI to its scoring route.
+                endpoint.scoring_path = routes.scoring_path
+                endpoint.resource["properties"]["scoringUri"] = front.uri(routes.scoring_path)
             if front is not None:
                 front.set_deployment(self.front_deployment(record))
+
+    def _environment(self, properties: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The deployment's environment version resource (None for one outside the workspace)."""
+        reference = str(properties.get("environmentId") or "")
+        if not re.search(r"/environments/[^/]+/versions/[^/]+$", reference, re.I):
+            return None  # a registry or curated environment: nothing of it is known to the fake
+        return self._resolve_asset("environments", reference)
+
+    def _server(self, record: DeploymentRecord, properties: dict[str, Any], entry_script: Path, model_dir: Path,
+                environment: dict[str, str], variables: dict[str, str]) -> Any:
+        """What runs the deployment: with an ``inferenceConfig``, the image's own command on the container
+        port's published loopback port (:mod:`fake_container`); without, Azure ML's inference server for
+        the scoring script, as the local launcher runs it."""
+        from mii_azure.runtime.ports import free_port
+        from mii_azure.serving_image import ENV_PREFIX
+        from mii_azure.targets.server_process import InferenceServerProcess
+
+        workers = int(variables.get("WORKER_COUNT", "1") or 1)
+        environment_resource = self._environment(properties)
+        routes = ContainerRoutes.from_environment(environment_resource) if environment_resource else None
+        if routes is None:
+            return InferenceServerProcess(
+                model_dir,
+                log_path=record.log_path,
+                entry_script=entry_script,
+                environment=environment,
+                threads=_gunicorn_threads(variables.get("GUNICORN_CMD_ARGS", "")),
+                workers=workers,
+            )
+        port = free_port()
+        command = image_command(self._dockerfile(record, environment_resource), python_prefix=ENV_PREFIX,
+                                container_port=routes.port, host_port=port)
+        record.storage_log.append(f"Container port {routes.port} published on 127.0.0.1:{port}")
+        return ContainerProcess(model_dir, log_path=record.log_path, port=port, entry_script=entry_script,
+                                environment=environment, workers=workers, command=command, routes=routes)
+
+    def _dockerfile(self, record: DeploymentRecord, environment: dict[str, Any]) -> str:
+        """The Dockerfile of the environment's build context, from storage."""
+        build = (environment.get("properties") or {}).get("build") or {}
+        if not build.get("contextUri"):
+            raise FakeContainerError("the environment has an inferenceConfig but no build context: the fake reads "
+                                     "the image's command from its Dockerfile")
+        container, prefix = self._blob_location(build["contextUri"])
+        name = f"{prefix.strip('/')}/{build.get('dockerfilePath') or 'Dockerfile'}".lstrip("/")
+        destination = record.root / "image" / "Dockerfile"
+        if not self.azurite.download_blob(container, name, destination):
+            raise FakeContainerError(f"no Dockerfile in storage at {container}/{name}")
+        return destination.read_text(encoding="utf-8")
 
     def _resolve_asset(self, kind: str, reference: str) -> dict[str, Any]:
         match = re.search(rf"/{kind}/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", reference or "", re.I)

@@ -1,7 +1,8 @@
 """An HTTPS front on loopback that behaves like the front of an Azure ML managed online endpoint.
 
 One listener (its own port) per endpoint, so the scoring URI has Azure's shape
-(``https://127.0.0.1:<port>/score``) and every other path reaches the container as is. Like Azure
+(``https://127.0.0.1:<port>/score``, or the root ``https://127.0.0.1:<port>/`` once a custom
+container whose scoring route is ``/`` is deployed) and every other path reaches the container as is. Like Azure
 (troubleshooting page, "common error codes"; FACTS.md):
 
 - every request needs ``Authorization: Bearer <secret>``: a key (``auth_mode`` key), a token the
@@ -116,8 +117,13 @@ class EndpointFront:
 
     @property
     def scoring_uri(self) -> str:
-        """The endpoint's scoring URI (``<base_url>/score``)."""
-        return f"{self.base_url}/score"
+        """The endpoint's scoring URI with Azure ML's prebuilt inference server (``<base_url>/score``)."""
+        return self.uri("/score")
+
+    def uri(self, path: str) -> str:
+        """``<base_url><path>``: the endpoint's scoring URI for a deployment whose scoring route is ``path``
+        (``https://127.0.0.1:<port>/`` for ``/``)."""
+        return f"{self.base_url}/{path.lstrip('/')}"
 
     def start(self) -> "EndpointFront":
         """Start listening."""

@@ -73,6 +73,19 @@ def test_the_full_cycle_through_the_real_sdk(azure_fake, azure_gpt2_dir):
     endpoint_puts = azure_fake.state.requests_to("PUT", r"/onlineEndpoints/chat$")
     assert endpoint_puts[0].body["properties"]["authMode"] == "Key"
     assert endpoint_puts[-1].body["properties"]["traffic"] == {"blue": 100}
+    # The deployment's environment routes every path to the package's launcher: probes on GET /, scoring on
+    # / (so the endpoint forwards /score and /v1/... alike), all on the launcher's port; the fake ran the
+    # image's own command and probed the readiness route. The endpoint's scoring URI is then its root.
+    (environment_put,) = azure_fake.state.requests_to("PUT", r"/environments/[^/]+/versions/[^/]+$")
+    assert body["environmentId"].endswith(environment_put.path.split("/workspaces/ws-mii-test")[1])
+    assert environment_put.body["properties"]["inferenceConfig"] == {
+        "livenessRoute": {"port": 5001, "path": "/"},
+        "readinessRoute": {"port": 5001, "path": "/"},
+        "scoringRoute": {"port": 5001, "path": "/"},
+    }
+    front = azure_fake.endpoint_front("chat")
+    assert azure_fake.ml_client.online_endpoints.get("chat").scoring_uri == f"{front.base_url}/"
+    assert (dep.scoring_uri, dep.openai_base_url) == (f"{front.base_url}/score", f"{front.base_url}/v1")
 
     # The same call and answer shape as locally; the endpoint's name is the model.
     answer = dep.query("DeepSpeed is", max_new_tokens=4)
@@ -82,6 +95,23 @@ def test_the_full_cycle_through_the_real_sdk(azure_fake, azure_gpt2_dir):
         assert local.query("DeepSpeed is", max_new_tokens=4)["responses"] == answer["responses"]
     finally:
         local.delete()
+    # The OpenAI routes are reachable at the endpoint: the real openai client, the endpoint's key, the
+    # endpoint's name as the model; greedy, it continues the prompt as /score does.
+    import openai
+
+    key = azure_fake.ml_client.online_endpoints.get_keys("chat").primary_key
+    client = openai.OpenAI(base_url=dep.openai_base_url, api_key=key, max_retries=0)
+    completion = client.completions.create(model="chat", prompt="DeepSpeed is", max_tokens=4, temperature=0)
+    assert completion.model == "chat" and completion.object == "text_completion"
+    assert completion.choices[0].text == answer["responses"][0]["generated_text"]
+    assert completion.usage.completion_tokens == answer["responses"][0]["num_tokens"]
+    assert [model.id for model in client.models.list()] == ["chat"]
+    assert ("POST", "/v1/completions", "blue", 200) in [(r.method, r.path, r.deployment, r.status) for r in front.log]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=dep.openai_base_url, api_key="not-the-key", max_retries=0).completions.create(
+            model="chat", prompt="DeepSpeed is", max_tokens=4
+        )
+    assert (front.log[-1].status, front.log[-1].deployment) == (401, None), "the front refused it; the container never saw it"
     # The same errors: the container's 400 arrives as a 424 from the front, and is a BadRequestError again.
     with pytest.raises(BadRequestError) as bad:
         dep.query("DeepSpeed is", bogus=1)

@@ -7,7 +7,9 @@
   (``@latest`` is resolved to its version, so the deployment records what it serves).
 - A hub id is not registered: the scoring script fetches it at start-up (``MII_AZURE_HUB_MODEL``).
 - The environment (the package's Docker build context, or its image + conda file) is registered
-  under a version derived from its content, and reused while the content is the same.
+  under a version derived from its content, and reused while the content is the same. A build
+  context carries an ``inference_config``: its image runs the package's launcher, and the endpoint
+  forwards every path to it (see :mod:`mii_azure.serving_image`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Optional
 
 from ...models import ModelSource
 from ...packaging import Package
+from ...serving_image import inference_config
 from .boundary import azure_errors
 
 __all__ = ["model_asset", "environment_asset", "code_folder", "folder_digest", "CONTENT_TAG"]
@@ -88,9 +91,21 @@ def environment_asset(ml_client: Any, bundle: Package) -> str:
     name = "mii-azure-serving-gpu" if gpu else "mii-azure-serving-cpu"
     dockerfile = folder / "Dockerfile"
     if dockerfile.is_file():
-        version = folder_digest(folder)[:16]
-        entity = Environment(name=name, version=version, build=BuildContext(path=str(folder)), description=_env_description(bundle))
+        # The image runs the package's launcher itself (mii_azure.serving_image): the routes tell Azure ML
+        # where it listens, and make the endpoint forward every path (/score, /v1/..., /metrics) to it.
+        routes = inference_config()
+        version = hashlib.sha256(f"{folder_digest(folder)}\n{json.dumps(routes, sort_keys=True)}".encode()).hexdigest()[:16]
+        entity = Environment(
+            name=name,
+            version=version,
+            build=BuildContext(path=str(folder)),
+            inference_config=routes,
+            description=_env_description(bundle),
+        )
     else:
+        # A package written before the image had a Dockerfile: Azure ML's prebuilt inference server runs
+        # score.py, and the endpoint forwards /score only.
+        logger.info("Package %s has no Dockerfile: its endpoint serves /score only (no /v1 routes).", bundle.name)
         conda = bundle.path / bundle.manifest.conda_file
         version = hashlib.sha256((bundle.manifest.image + "\n" + conda.read_text(encoding="utf-8")).encode()).hexdigest()[:16]
         entity = Environment(name=name, version=version, image=bundle.manifest.image, conda_file=str(conda), description=_env_description(bundle))

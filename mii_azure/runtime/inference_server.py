@@ -55,7 +55,8 @@ def mount_routes(router: Router) -> bool:
         if path in own:
             continue  # the server's own /score route calls run(), which hands it to the router
         rule = path.replace("{id}", "<path:model_id>")
-        blueprint.add_url_rule(rule, endpoint=f"mii_azure{rule}", view_func=answer, methods=["GET", "POST"])
+        endpoint = "mii_azure" + "".join(char if char.isalnum() else "_" for char in path)  # Flask refuses dots
+        blueprint.add_url_rule(rule, endpoint=endpoint, view_func=answer, methods=["GET", "POST"])
     blueprint.before_request(gate)
     logger.info("Serving %s beside /score.", ", ".join(path for path in router.mounted_paths() if path not in own))
     return True

@@ -65,6 +65,7 @@ ROUTES = frozenset(
         "/score",
         "/swagger.json",
         "/metrics",
+        "/openapi.json",
         "/info",
         "/v1/models",
         "/v1/models/{id}",

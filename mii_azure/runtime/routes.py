@@ -21,6 +21,7 @@ from ..config import API_KEY_ENV
 from ..errors import AuthenticationError, RequestError, ScoringError
 from .openai import OpenAIApi
 from .openai.shapes import error_body as openai_error_body
+from .openapi import OPENAPI_PATH, openapi_document
 from .replies import HttpReply
 from .service import ScoringService, error_reply, read_json_body
 
@@ -82,6 +83,17 @@ def _metrics(router: "Router", request: HttpRequest, _: str) -> HttpReply:
     return HttpReply(200, None, {"Content-Type": content_type}, content=body)
 
 
+def _openapi(router: "Router", request: HttpRequest, _: str) -> HttpReply:
+    service = router.service
+    return HttpReply(
+        200,
+        openapi_document(
+            model=service.name, task=service.task_cls.name, parameters_model=service.task_cls.parameters_model,
+            requires_key=router.requires_key,
+        ),
+    )
+
+
 def _models(router: "Router", request: HttpRequest, _: str) -> HttpReply:
     return HttpReply(200, router.openai.list_models())
 
@@ -110,6 +122,7 @@ def _routes() -> dict[str, _Route]:
     table = {
         "/score": _Route("/score", None, False, _score),
         "/metrics": _Route("/metrics", "GET", False, _metrics),
+        OPENAPI_PATH: _Route(OPENAPI_PATH, "GET", False, _openapi),
         "/v1/models": _Route("/v1/models", "GET", True, _models),
         "/v1/models/{id}": _Route("/v1/models/{id}", "GET", True, _model),
     }
@@ -177,7 +190,7 @@ class Router:
             if route is None:
                 raise RouteNotFoundError(
                     f"No route {request.path!r} here. This deployment serves /score, /v1/models, /v1/completions, "
-                    "/v1/chat/completions, /v1/embeddings, /info and /metrics.",
+                    "/v1/chat/completions, /v1/embeddings, /info, /metrics and /openapi.json (this deployment's routes).",
                 )
             if route.method is not None and request.method != route.method:
                 raise MethodNotAllowedError(

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 CONSTRAINTS=${CONSTRAINTS:-environments/constraints-dev.txt}
-EXTRAS=${EXTRAS:-serve,diffusers,azure,cost,test}
+EXTRAS=${EXTRAS:-serve,diffusers,azure,cost,test,mlflow,batch}
 DEEPSPEED=${DEEPSPEED:-1}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

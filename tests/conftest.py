@@ -70,3 +70,12 @@ def isolated_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         os.environ.pop("MII_AZURE_HOME", None)
     else:
         os.environ["MII_AZURE_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def chat_harness(servers: Servers) -> Any:
+    """One real inference server (HTTP and gRPC) for the tiny chat model, shared by the fuzz, load and
+    fault tests of the session (they check that it keeps serving)."""
+    from mii_azure.runtime.ports import free_port
+
+    return servers.get("gpt2_chat", {"MII_AZURE_DEPLOYMENT_NAME": "chat-harness", "MII_AZURE_GRPC_PORT": str(free_port())})

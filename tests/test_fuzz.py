@@ -62,7 +62,7 @@ messages = st.lists(
 openai_bodies = st.fixed_dictionaries(
     {},
     optional={
-        "model": st.sampled_from(["fuzz", "gpt-4o"]) | json_values,
+        "model": st.sampled_from(["chat-harness", "gpt-4o"]) | json_values,
         "prompt": texts | st.lists(texts, max_size=3) | json_values,
         "messages": messages,
         "max_tokens": small_ints | json_values,
@@ -77,10 +77,8 @@ openai_bodies = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(servers):
-    from mii_azure.runtime.ports import free_port
-
-    return servers.get("gpt2_chat", {"MII_AZURE_DEPLOYMENT_NAME": "fuzz", "MII_AZURE_GRPC_PORT": str(free_port())})
+def fuzz_server(chat_harness):
+    return chat_harness
 
 
 def _send(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str, bytes]:
@@ -159,7 +157,7 @@ def _tensor(pb: Any, draw_name: str, datatype: str, shape: list[int], contents: 
 
 grpc_requests = st.fixed_dictionaries(
     {
-        "model": st.sampled_from(["fuzz", "other", ""]),
+        "model": st.sampled_from(["chat-harness", "other", ""]),
         "version": st.sampled_from(["", "1", "7"]),
         "name": st.sampled_from(["query", "text", ""]),
         "datatype": st.sampled_from(["BYTES", "INT32", "FP32", "bogus"]),

@@ -28,6 +28,7 @@ __all__ = [
     "InvalidModelError",
     "ModelLoadError",
     "MissingDependencyError",
+    "PackagingError",
     "RequestError",
     "BadRequestError",
     "PayloadTooLargeError",
@@ -116,6 +117,11 @@ class InvalidModelError(MiiAzureError):
 
 class ModelLoadError(MiiAzureError):
     """The model's configuration was fine but loading its weights or tokenizer failed."""
+
+
+class PackagingError(MiiAzureError, OSError):
+    """Writing a package failed (a full disk, a permission, a folder that went away); nothing was left
+    half-written: the destination is as it was before. ``path`` is where it was being written."""
 
 
 class MissingDependencyError(MiiAzureError, ImportError):

@@ -34,7 +34,7 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import ServingSettings
-from .errors import ConfigError, InvalidModelError, MiiAzureError
+from .errors import ConfigError, InvalidModelError, MiiAzureError, PackagingError
 from .hardware import Hardware
 from .models import ModelFacts, ModelSource, resolve_model, resolve_task
 from .planner import OptimizationPlan, PlanOverrides, make_plan
@@ -297,9 +297,23 @@ def package(
         _write_azureml_specs(staging, manifest)
         # Anchored (gitignore rules): an unanchored "azureml/" would also drop mii_azure/targets/azureml/.
         (staging / ".amlignore").write_text(f"/{MODEL_LINK}\n/azureml/\n__pycache__/\n", encoding="utf-8")
+        if link_source is not None and not Path(link_source).is_dir():
+            raise InvalidModelError(
+                f"The model folder {link_source!r} disappeared while the package was being written; nothing was "
+                "written. Put the model back (or point to its new place) and package again.",
+                path=link_source,
+            )
         if destination.exists():
             shutil.rmtree(destination)
         staging.rename(destination)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PackagingError(
+            f"Writing the package {str(destination)!r} failed: {exc.strerror or exc} ({type(exc).__name__}). "
+            "Nothing was written: the folder is as it was before. Free some space (or fix the permission) and "
+            "package again.",
+            path=str(destination),
+        ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

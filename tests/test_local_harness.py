@@ -214,12 +214,18 @@ def test_stale_records_are_cleaned_up(deployments):
 
 
 def test_sigterm_during_20_in_flight_requests_completes_them_all(model_dirs):
+    """Ten whole answers and ten streams in flight when SIGTERM arrives: every one completes."""
     deployment = mii_azure.deploy(model_dirs["gpt2"], local=True, name="drain-test", max_batch_size=4)
     record = LocalTarget()._read("drain-test")
     started = threading.Event()
 
     def call(index: int):
         started.set()
+        if index % 2:
+            with deployment.stream(f"request number {index}", max_new_tokens=40) as pieces:
+                text = "".join(pieces)
+            assert text == pieces.entry["generated_text"]
+            return {"responses": [pieces.entry]}
         return deployment.query([f"request number {index}"], max_new_tokens=40)
 
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -228,7 +234,7 @@ def test_sigterm_during_20_in_flight_requests_completes_them_all(model_dirs):
         time.sleep(0.5)
         os.killpg(record.pid, signal.SIGTERM)
         answers = [future.result(timeout=120) for future in futures]
-    assert all(len(answer["responses"]) == 1 for answer in answers)
+    assert all(len(answer["responses"]) == 1 and answer["responses"][0]["num_tokens"] > 0 for answer in answers)
     deadline = time.monotonic() + 30
     while psutil.pid_exists(record.pid) and psutil.Process(record.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -137,6 +137,14 @@ def load_transformers_model(auto_class: str, model_dir: Path, options: LoadOptio
     try:
         model = loader.from_pretrained(str(model_dir), dtype=getattr(torch, options.dtype))
     except Exception as exc:
+        if "Weights only load failed" in str(exc):  # torch refused a pickle that holds more than tensors
+            raise ModelLoadError(
+                f"Refused the pickled weights in {str(model_dir)!r}: they hold objects other than tensors, and "
+                "unpickling those could run code, so they are only read with torch's weights_only loading. "
+                "Save the model as safetensors (model.save_pretrained(folder), the default) from a source you trust.",
+                path=str(model_dir),
+                auto_class=auto_class,
+            ) from None
         raise ModelLoadError(
             f"Could not load the weights in {str(model_dir)!r} with {auto_class}: {exc}",
             path=str(model_dir),

@@ -267,3 +267,22 @@ def test_embeddings_match_score_in_float_and_base64(model_dirs):
         assert client.call("GET", "/info", key=None)[1]["model_type"] == "embeddings"
     finally:
         engine.close()
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_read_whole(chat):
+    from mii_azure.runtime.routes import HttpRequest
+
+    limit = chat.router.service.settings.max_body_bytes
+    asked: list[int] = []
+
+    def read_body(size: int) -> bytes:
+        asked.append(size)
+        return b"x" * size  # a client streaming an endless body
+
+    for path in ("/v1/completions", "/v1/chat/completions", "/score"):
+        asked.clear()
+        reply = chat.router.handle(HttpRequest("POST", path, {"Authorization": f"Bearer {KEY}"}, read_body, None))
+        assert reply.status == 413 and asked == [limit + 1], (path, asked)
+        declared = chat.router.handle(HttpRequest("POST", path, {"Authorization": f"Bearer {KEY}"}, read_body, limit * 4))
+        assert declared.status == 413
+    assert chat.call("POST", "/v1/completions", {"prompt": "x"}, key="wrong")[0] == 401  # before any read

@@ -129,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
 
     batch = commands.add_parser("batch-score", help="score every line of a file with a model, on this machine")
     batch.add_argument("--model", required=True, help="model folder or mii_azure package")
-    batch.add_argument("--input", required=True, help=".jsonl of requests (or JSON strings), or .txt with one input per line")
+    batch.add_argument("--input", required=True, help=".jsonl of requests (or JSON strings), .txt with one input per line, or .csv/.tsv/.parquet")
+    batch.add_argument("--column", help="the text column of a .csv/.tsv/.parquet input (default: its only text column, or text/query/prompt/input)")
     batch.add_argument("--output", required=True, help=".jsonl written with one record per input line, in order")
     batch.add_argument("--parameters", help='JSON object of default parameters, e.g. \'{"max_new_tokens": 32}\'')
     batch.add_argument("--batch-size", type=int, help="most inputs run together (the plan's batch by default)")
@@ -458,7 +459,7 @@ def _batch_score(args: argparse.Namespace) -> int:
     if parameters is not None and not isinstance(parameters, dict):
         raise ConfigError("--parameters must be a JSON object such as '{\"max_new_tokens\": 32}'.")
     summary = batch_score(
-        args.model, args.input, args.output, parameters=parameters, batch_size=args.batch_size,
+        args.model, args.input, args.output, parameters=parameters, column=args.column, batch_size=args.batch_size,
         resume=args.resume, quiet=args.quiet,
     )
     print(

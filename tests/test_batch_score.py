@@ -128,3 +128,94 @@ def test_the_cli_says_what_is_wrong_with_its_parameters(tmp_path, capsys):
     code = main(["batch-score", "--model", str(tmp_path), "--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--parameters", "{bad"])
     assert code == 1 and "--parameters is not valid JSON" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "o.jsonl")
+
+
+def _table(count: int) -> dict[str, list]:
+    """``count`` rows: an integer id, the text (row 3 empty, row 6 null), a second text column."""
+    texts = [" ".join(WORDS[index % 7 : index % 7 + 3]) for index in range(count)]
+    texts[2], texts[5] = "", None
+    return {"id": list(range(1, count + 1)), "note": [f"note {index}" for index in range(count)], "text": texts}
+
+
+def _check_table_records(records: list[dict], count: int, column: str) -> None:
+    assert [record["line"] for record in records] == list(range(1, count + 1)), "row N of the table is line N"
+    assert [record["line"] for record in records if "error" in record] == [3, 6]
+    for number in (3, 6):
+        error = records[number - 1]["error"]
+        assert error["code"] == "bad_request" and f"row {number} in column {column!r} is empty" in error["message"]
+    assert all(record["responses"][0][0]["label"] for record in records if "error" not in record)
+
+
+def test_a_csv_input_scores_its_text_column_and_resumes_after_a_killed_run(model_dirs, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    source, target = tmp_path / "rows.csv", tmp_path / "out.jsonl"
+    table = _table(12)
+    table["text"][7] = "a text, with a comma\nand a second line"  # quoted: one row over two lines of the file
+    pandas.DataFrame(table).to_csv(source, index=False)
+    first = mii_azure.batch_score(model_dirs["bert_classifier"], source, target, quiet=True)  # "text": by its name
+    assert (first.lines, first.answered, first.errors) == (12, 10, 2)
+    whole = _records(target)
+    _check_table_records(whole, 12, "text")
+
+    kept = target.read_text().splitlines(keepends=True)
+    target.write_text("".join(kept[:5]) + kept[5][:9])  # killed while writing row 6
+    again = mii_azure.batch_score(model_dirs["bert_classifier"], source, target, quiet=True)
+    assert (again.skipped, again.answered + again.errors) == (5, 7)
+    assert [{**r, "timing": None} for r in _records(target)] == [{**r, "timing": None} for r in whole], "nothing lost or doubled"
+
+    with pytest.raises(mii_azure.ConfigError, match="no column 'body'; its columns are 'id', 'note', 'text'"):
+        mii_azure.batch_score(model_dirs["bert_classifier"], source, target, column="body", quiet=True)
+    pandas.DataFrame({"id": [1], "a": ["x"], "b": ["y"]}).to_csv(tmp_path / "two.csv", index=False)
+    with pytest.raises(mii_azure.ConfigError, match=r"Its columns are 'id', 'a', 'b' \(its text columns are 'a', 'b'\); pass one as column="):
+        mii_azure.batch_score(model_dirs["bert_classifier"], tmp_path / "two.csv", target, quiet=True)
+    (tmp_path / "in.jsonl").write_text('"x"\n')
+    with pytest.raises(mii_azure.ConfigError, match="names a column of a CSV or Parquet table"):
+        mii_azure.batch_score(model_dirs["bert_classifier"], tmp_path / "in.jsonl", target, column="text", quiet=True)
+
+
+def test_a_parquet_input_is_read_a_row_group_at_a_time_and_resumes_across_groups(model_dirs, tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as parquet
+
+    source, target = tmp_path / "rows.parquet", tmp_path / "out.jsonl"
+    table = _table(11)
+    table["body"] = table.pop("text")
+    parquet.write_table(pyarrow.table(table), source, row_group_size=4)  # groups of rows 1-4, 5-8, 9-11
+    with pytest.raises(mii_azure.ConfigError, match="its text columns are 'note', 'body'"):
+        mii_azure.batch_score(model_dirs["bert_classifier"], source, target, quiet=True)  # two text columns, neither named text
+    with pytest.raises(mii_azure.ConfigError, match="Column 'id' .* holds int64, not text"):
+        mii_azure.batch_score(model_dirs["bert_classifier"], source, target, column="id", quiet=True)
+
+    first = mii_azure.batch_score(model_dirs["bert_classifier"], source, target, column="body", quiet=True)
+    assert (first.lines, first.answered, first.errors) == (11, 9, 2)
+    whole = _records(target)
+    _check_table_records(whole, 11, "body")
+    target.write_text("".join(target.read_text().splitlines(keepends=True)[:6]))  # stopped inside the second group
+    again = mii_azure.batch_score(model_dirs["bert_classifier"], source, target, column="body", quiet=True)
+    assert (again.skipped, again.answered, again.errors) == (6, 5, 0)
+    assert [{**r, "timing": None} for r in _records(target)] == [{**r, "timing": None} for r in whole]
+
+
+def test_the_cli_takes_the_text_column_of_a_table(model_dirs, tmp_path, capsys):
+    pyarrow = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as parquet
+
+    from mii_azure.cli import main
+
+    source, target = tmp_path / "rows.parquet", tmp_path / "out.jsonl"
+    parquet.write_table(pyarrow.table({"question": ["a cat sits", "a dog runs"], "source": ["x", "y"]}), source)
+    common = ["batch-score", "--model", str(model_dirs["bert_classifier"]), "--input", str(source), "--output", str(target), "--quiet"]
+    assert main([*common, "--column", "nope"]) == 1
+    assert "no column 'nope'; its columns are 'question', 'source'" in capsys.readouterr().err
+    assert main([*common, "--column", "question"]) == 0
+    assert "2 answered, 0 errors" in capsys.readouterr().out
+    assert [record["line"] for record in _records(target)] == [1, 2]
+
+
+@pytest.mark.parametrize("suffix, module", [(".parquet", "pyarrow"), (".csv", "pandas")])
+def test_a_missing_table_reader_names_the_install_command(tmp_path, monkeypatch, suffix, module):
+    (tmp_path / f"rows{suffix}").write_text("text\nhello\n")
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(mii_azure.MissingDependencyError, match=r'needs .*install it with: pip install "mii-azure\[batch\]"'):
+        mii_azure.batch_score(tmp_path, tmp_path / f"rows{suffix}", tmp_path / "out.jsonl", quiet=True)
+    assert not (tmp_path / "out.jsonl").exists()

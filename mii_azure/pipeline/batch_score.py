@@ -1,13 +1,15 @@
 """Batch scoring on this machine: one request per input line, through the same engine and scoring service.
 
-Input: a JSON Lines file whose lines are DESIGN.md section-3 requests (``{"query": ..., "parameters":
-...}``) or bare JSON strings, or a text file (``.txt``) with one input per line. Output: one JSON line per
-input line, in input order, each carrying its 1-based ``line``: the scoring service's answer
-(``responses``, ``task``, ``model``, ``timing``), or ``error`` (``code``, ``message``) for a line that
-could not be answered; scoring goes on after a bad line.
+Input (read as a stream, see :mod:`.sources`): a JSON Lines file whose lines are DESIGN.md section-3
+requests (``{"query": ..., "parameters": ...}``) or bare JSON strings, a text file (``.txt``) with one
+input per line, or a CSV/TSV/Parquet table with one input per row in a text column. Output: one JSON line
+per input line (or data row), in input order, each carrying its 1-based ``line``: the scoring service's
+answer (``responses``, ``task``, ``model``, ``timing``), or ``error`` (``code``, ``message``) for a line
+that could not be answered (malformed, or an empty cell); scoring goes on after a bad line.
 
-Requests go to the engine from several threads at once, so its batches stay full, and answers are
-written in order, each with one ``write`` and a flush. A killed run leaves at most a partial last line,
+Requests go to the engine from as many threads as twice its batch size (see ``in_flight``), so that its
+batches stay full while finished answers are collected, and answers are written in order, each with one
+``write`` and a flush. A killed run leaves at most a partial last line,
 which a resumed run cuts off before it skips the lines already answered: nothing is duplicated or lost.
 """
 
@@ -18,15 +20,16 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import BadRequestError, ConfigError, RequestError
+from .sources import InputSource, Row, open_source
 
-__all__ = ["batch_score", "BatchScoreSummary"]
+__all__ = ["batch_score", "BatchScoreSummary", "load_scorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ class BatchScoreSummary:
     """What a batch-scoring run did."""
 
     output: Path
-    lines: int  # input lines
+    lines: int  # input lines (or data rows of a table)
     answered: int  # answered in this run
     errors: int  # error records written in this run
     skipped: int  # already in the output from an earlier run
@@ -59,6 +62,7 @@ def batch_score(
     output: PathLike,
     *,
     parameters: Optional[Mapping[str, Any]] = None,
+    column: Optional[str] = None,
     batch_size: Optional[int] = None,
     resume: bool = True,
     quiet: bool = False,
@@ -66,42 +70,49 @@ def batch_score(
 ) -> BatchScoreSummary:
     """Score every line of ``input`` with ``model`` (a model folder or a mii_azure package) into ``output``.
 
+    ``model`` may also be a scorer :func:`load_scorer` loaded: it is used as it is and left open, so that one
+    engine scores many files (the Azure ML pipeline step does this).
+
+    ``input`` is a ``.jsonl`` file of requests or JSON strings, a ``.txt`` file of texts, or a ``.csv``,
+    ``.tsv`` or ``.parquet`` table whose ``column`` holds the texts (by default its only text column,
+    or the one named text, query, prompt or input); row N of a table is ``line`` N of the output.
     ``parameters`` are defaults for every request (a line's own ``parameters`` win). ``batch_size``
     caps how many inputs run together (the plan's batch by default). With ``resume`` (the default) a
     re-run keeps the lines already in ``output`` and scores only the rest; ``resume=False`` starts
     ``output`` afresh. A progress bar shows rows/s and the ETA in an interactive terminal unless
     ``quiet``; elsewhere progress is logged. Plan overrides (``dtype=...``) go to the engine.
     """
-    source, target = Path(input), Path(output)
-    if not source.is_file():
-        raise ConfigError(f"The input {str(source)!r} is not a file; give a .jsonl or .txt file with one input per line.", path=str(source))
-    lines = source.read_text(encoding="utf-8").splitlines()
-    plain_text = source.suffix.lower() == ".txt"
+    source, target = open_source(Path(input), column=column), Path(output)
+    total = source.count()
     done = _answered_lines(target) if resume and target.exists() else 0
-    if done > len(lines):
+    if done > total:
         raise ConfigError(
-            f"{str(target)!r} holds {done} answers but {str(source)!r} has only {len(lines)} lines: it is the output "
-            "of another input. Write to a new file, or pass resume=False to start it afresh.",
+            f"{str(target)!r} holds {done} answers but {str(source.path)!r} has only {total} {source.unit}: it is the "
+            "output of another input. Write to a new file, or pass resume=False to start it afresh.",
             output=str(target),
         )
-    service = _load_service(Path(model), batch_size=batch_size, overrides=overrides)
+    owned = not _is_scorer(model)
+    service = _load_service(Path(model), batch_size=batch_size, overrides=overrides) if owned else model
     defaults = dict(parameters or {})
     started = time.perf_counter()
     answered = errors = 0
-    workers = max(2, 2 * service.engine.batcher.max_batch_size)
-    with open(target, "a" if done else "w", encoding="utf-8") as sink, _Progress(len(lines), done, quiet) as progress:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mii-azure-batch") as pool:
-            records = _score_in_order(pool, service, lines, done, defaults, plain_text=plain_text, window=2 * workers)
-            for number, record in records:
-                sink.write(json.dumps({"line": number, **record}) + "\n")
-                sink.flush()
-                if "error" in record:
-                    errors += 1
-                else:
-                    answered += 1
-                progress.advance()
-    service.engine.close()
-    summary = BatchScoreSummary(target, len(lines), answered, errors, done, time.perf_counter() - started)
+    workers = in_flight(service.engine.batcher)
+    try:
+        with open(target, "a" if done else "w", encoding="utf-8") as sink, _Progress(total, done, quiet) as progress:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mii-azure-batch") as pool:
+                records = _score_in_order(pool, service, source, source.rows(done), defaults, window=2 * workers)
+                for number, record in records:
+                    sink.write(json.dumps({"line": number, **record}) + "\n")
+                    sink.flush()
+                    if "error" in record:
+                        errors += 1
+                    else:
+                        answered += 1
+                    progress.advance()
+    finally:
+        if owned:
+            service.engine.close()
+    summary = BatchScoreSummary(target, total, answered, errors, done, time.perf_counter() - started)
     logger.info(
         "Scored %d lines into %s in %.1f s (%.1f rows/s): %d answered, %d errors, %d kept from an earlier run.",
         answered + errors, target, summary.seconds, summary.rows_per_s, answered, errors, done,
@@ -109,21 +120,37 @@ def batch_score(
     return summary
 
 
+def load_scorer(model: PathLike, *, batch_size: Optional[int] = None, **overrides: Any) -> Any:
+    """The scoring service :func:`batch_score` loads for ``model`` (same arguments), to pass as its ``model``
+    for several files in a row; close it with ``scorer.engine.close()``."""
+    return _load_service(Path(model), batch_size=batch_size, overrides=overrides)
+
+
+def _is_scorer(model: Any) -> bool:
+    return hasattr(model, "score") and hasattr(model, "engine")
+
+
+def in_flight(batcher: Any) -> int:
+    """How many requests batch scoring keeps in the engine at once: twice its batch, so that a full batch
+    runs while the next one waits its turn (and a continuous batcher refills a row as soon as one ends),
+    yet never more than its queue takes (a full queue would answer 503)."""
+    rows = max(1, int(batcher.max_batch_size))
+    return max(2, min(2 * rows, int(getattr(batcher, "max_queue", 2 * rows))))
+
+
 def _score_in_order(
     pool: ThreadPoolExecutor,
     service: Any,
-    lines: list[str],
-    start: int,
+    source: InputSource,
+    rows: Iterable[Row],
     defaults: dict[str, Any],
     *,
-    plain_text: bool,
     window: int,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, record) for lines ``start+1`` onwards, in order, with up to ``window`` in flight."""
+    """(line number, record) for ``rows``, in order, with up to ``window`` of them submitted."""
     pending: deque[tuple[int, Future]] = deque()
-    numbers = iter(range(start, len(lines)))
-    for index in numbers:
-        pending.append((index + 1, pool.submit(_score_line, service, lines[index], defaults, plain_text)))
+    for row in rows:
+        pending.append((row.number, pool.submit(_score_line, service, row, defaults, source.json_requests)))
         if len(pending) >= window:
             number, future = pending.popleft()
             yield number, future.result()
@@ -132,10 +159,10 @@ def _score_in_order(
         yield number, future.result()
 
 
-def _score_line(service: Any, line: str, defaults: dict[str, Any], plain_text: bool) -> dict[str, Any]:
-    """The record of one line: the service's answer, or the error that stopped it (never raises)."""
+def _score_line(service: Any, row: Row, defaults: dict[str, Any], json_requests: bool) -> dict[str, Any]:
+    """The record of one row: the service's answer, or the error that stopped it (never raises)."""
     try:
-        return service.score(_request(line, defaults, plain_text=plain_text))
+        return service.score(_request(row, defaults, json_requests=json_requests))
     except RequestError as exc:
         return exc.to_body()
     except Exception as exc:  # a fault on one line must not end the run
@@ -143,12 +170,15 @@ def _score_line(service: Any, line: str, defaults: dict[str, Any], plain_text: b
         return {"error": {"code": "internal_error", "message": f"Scoring failed: {type(exc).__name__}: {exc}"}}
 
 
-def _request(line: str, defaults: dict[str, Any], *, plain_text: bool) -> Any:
-    """The request a line holds: a JSON request object, a JSON string, or (text files) the line itself."""
+def _request(row: Row, defaults: dict[str, Any], *, json_requests: bool) -> Any:
+    """The request a row holds: a JSON request object, a JSON string, or (text lines, table cells) the text itself."""
+    if row.text is None:
+        raise BadRequestError(row.problem or "The row holds no input.")
+    line = row.text
     text = line.strip()
     if not text:
         raise BadRequestError("The line is empty; every line needs one request or one input text.")
-    if plain_text:
+    if not json_requests:
         return {"query": line, "parameters": dict(defaults)}
     try:
         payload = json.loads(text)

@@ -45,20 +45,29 @@ def _records(path) -> list[dict]:
 
 @pytest.mark.harness  # a process killed and the harness's answers: the same on every library version
 def test_a_killed_run_resumes_and_every_line_is_answered_once_as_the_harness_answers_it(model_dirs, servers, tmp_path):
+    """Killed with SIGKILL three times at random points (each run resuming the last), then finished:
+    exactly one record per line, in order, answered as the harness answers the same requests."""
     source, target = tmp_path / "prompts.jsonl", tmp_path / "out.jsonl"
     bad = _write_input(source, 1000)
     command = [sys.executable, "-m", "mii_azure.cli", "batch-score", "--model", str(model_dirs["gpt2"]), "--input", str(source),
                "--output", str(target), "--parameters", '{"max_new_tokens": 3}', "--quiet"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if target.exists() and target.read_bytes().count(b"\n") >= 150:
-            break
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
-    written = target.read_bytes().count(b"\n")
-    assert 150 <= written < 1000, f"the run was killed half-way ({written} lines written)"
+    rng = random.Random(5)
+    written = 0
+    for _ in range(3):
+        stop_at = written + rng.randint(60, 220)  # complete lines this run writes before it is killed
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if target.exists() and target.read_bytes().count(b"\n") >= stop_at:
+                break
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+        complete = target.read_bytes().count(b"\n")
+        assert written < complete < 1000, f"the run was killed part-way ({written} -> {complete} lines)"
+        kept = [json.loads(line)["line"] for line in target.read_bytes().split(b"\n")[:complete]]
+        assert kept == list(range(1, complete + 1)), "what a killed run leaves is every line once, in order"
+        written = complete
 
     summary = mii_azure.batch_score(model_dirs["gpt2"], source, target, parameters={"max_new_tokens": 3}, quiet=True)
     assert summary.skipped == written and summary.answered + summary.errors == 1000 - written

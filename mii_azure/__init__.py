@@ -5,6 +5,7 @@ The public API is what ``__all__`` lists; everything else is internal.
 
 from .api import deploy, get_deployment, list_deployments, mii_query_handle
 from .pipeline import BatchScoreSummary, batch_score
+from . import pipeline  # noqa: F401  mii_azure.pipeline.batch_score_component & submit; import azure-ai-ml only when called
 from . import mlflow  # noqa: F401  mii_azure.mlflow.log_model & co.; imports mlflow only when called
 from .autoscale import Autoscale
 from .config import ServingSettings

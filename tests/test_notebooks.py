@@ -44,7 +44,8 @@ def run_notebook(path: Path, cwd: Path, facts: Optional[str] = None, timeout_s: 
 
 
 def test_every_notebook_has_a_test():
-    tested = {"01-deploy-locally.ipynb", "02-deploy-to-azureml.ipynb", "03-compare-sku-costs.ipynb"}
+    tested = {"01-deploy-locally.ipynb", "02-deploy-to-azureml.ipynb", "03-compare-sku-costs.ipynb",
+              "04-batch-scoring-and-pipelines.ipynb"}
     assert {path.name for path in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -83,3 +84,21 @@ def test_compare_sku_costs_with_its_chart(tmp_path):
     chart = Path(values["chart"])
     chart = chart if chart.is_absolute() else tmp_path / chart  # written in the notebook's folder
     assert chart.parent == tmp_path and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.azure  # needs azure-ai-ml, which the oldest-stack serving run does not install
+def test_batch_scoring_and_the_pipeline_step(tmp_path, monkeypatch):
+    """Batch scoring here, then the pipeline component and the pipeline built and read back without a workspace."""
+    monkeypatch.setenv("MII_AZURE_HOME", str(tmp_path / "home"))  # the kernel inherits the environment
+    facts = (
+        '{"answered": summary.answered, "errors": summary.errors, "skipped": again.skipped, "lines": len(records), '
+        '"type": component.type, "steps": list(loaded.jobs), "nodes": parallel.resources.instance_count, '
+        '"model": component.tags["mii_azure_model"]}'
+    )
+    printed, values = run_notebook(NOTEBOOKS / "04-batch-scoring-and-pipelines.ipynb", tmp_path, facts=facts)
+    assert (values["answered"], values["errors"], values["skipped"], values["lines"]) == (3, 1, 4, 4)
+    assert "3 error: bad_request" in printed and "384 dimensions" in printed
+    assert values["type"] == "pipeline" and values["nodes"] == 4
+    assert sorted(values["steps"]) == ["mii_batch_order", "mii_batch_score_parallel", "mii_batch_split"]
+    assert values["model"].startswith("azureml:minilm-batch:")
+    assert (tmp_path / "nightly.yml").is_file() and "default_compute: azureml:t4-cluster" in printed

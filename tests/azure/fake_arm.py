@@ -7,13 +7,14 @@ the version and does not check it):
 
 - the workspace (GET, list), its datastores (``workspaceblobstore``: Azurite's ``devstoreaccount1``)
   and ``listSecrets``; a discovery document;
-- model, code and environment containers and versions (GET/PUT/DELETE/list with ``$top``,
+- model, code, environment and component containers and versions (GET/PUT/DELETE/list with ``$top``,
   ``$orderBy``, ``hash``, ``version``, ``listViewType``) and ``codes/.../startPendingUpload``
   (a container SAS URI into Azurite, one new container per upload);
 - online endpoints and deployments (:mod:`fake_online`), whose deployments really run what was
   uploaded (:mod:`fake_provisioning`);
 - the long-running operations' status (``retry-after-ms`` hints keep pollers fast);
 - ``locations/{loc}/vmSizes`` and ``locations/{loc}/usages`` from editable state;
+- compute targets and (pipeline) jobs (:mod:`fake_jobs`): a job is kept as submitted, never run;
 - Azure Monitor autoscale settings of the resource group (``Microsoft.Insights/autoscaleSettings``:
   list, GET, PUT, DELETE), which must target an existing deployment of the workspace, one setting each;
 - an App Service style managed-identity token endpoint (``GET /msi/token``).
@@ -56,6 +57,7 @@ from fake_arm_state import (
     now_iso,
     system_data,
 )
+from fake_jobs import PipelineJobRoutes
 from fake_online import OnlineEndpointRoutes
 from fake_provisioning import Provisioner
 from front import ScoringFront
@@ -80,7 +82,7 @@ _FAST_POLL = {"retry-after-ms": "10"}
 _SECRET_HEADERS = {"authorization", "x-identity-header"}
 
 
-class FakeArm(OnlineEndpointRoutes):
+class FakeArm(OnlineEndpointRoutes, PipelineJobRoutes):
     """The fake Resource Manager: state, routes, the HTTPS server, the fronts and the provisioning."""
 
     def __init__(
@@ -167,7 +169,7 @@ class FakeArm(OnlineEndpointRoutes):
         rg = sub + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.MachineLearningServices"
         ws = rg + r"/workspaces/(?P<ws>[^/]+)"
         loc = sub + r"/providers/Microsoft\.MachineLearningServices/locations/(?P<loc>[^/]+)"
-        asset = r"/(?P<kind>models|codes|environments)"
+        asset = r"/(?P<kind>models|codes|environments|components)"
         endpoint = ws + r"/onlineEndpoints/(?P<endpoint>[^/]+)"
         deployment = endpoint + r"/deployments/(?P<deployment>[^/]+)"
         autoscale = sub + r"/resourceGroups/(?P<rg>[^/]+)/providers/Microsoft\.Insights/autoscaleSettings"
@@ -206,6 +208,12 @@ class FakeArm(OnlineEndpointRoutes):
             ("PATCH", deployment, self._deployment_patch),
             ("DELETE", deployment, self._deployment_delete),
             ("POST", deployment + r"/getLogs", self._deployment_logs),
+            ("GET", ws + r"/computes", self._compute_list),
+            ("GET", ws + r"/computes/(?P<name>[^/]+)", self._compute_get),
+            ("GET", ws + r"/jobs", self._job_list),
+            ("GET", ws + r"/jobs/(?P<name>[^/]+)", self._job_get),
+            ("PUT", ws + r"/jobs/(?P<name>[^/]+)", self._job_put),
+            ("POST", ws + r"/jobs/(?P<name>[^/]+)/cancel", self._job_cancel),
             ("GET", autoscale, self._autoscale_list),
             ("GET", autoscale + r"/(?P<name>[^/]+)", self._autoscale_get),
             ("PUT", autoscale + r"/(?P<name>[^/]+)", self._autoscale_put),

@@ -4,7 +4,8 @@
 Azure Monitor autoscale settings of its resource group, the long-running operations, the region's VM sizes and quota, every recorded request, and the fault
 injection API the failure-path tests use: :meth:`FakeArmState.fail_next_deployment`,
 :meth:`FakeArmState.hang_next_deployment`, :meth:`FakeArmState.inject`, :meth:`FakeArmState.remove_size`,
-:meth:`FakeArmState.add_size`, :meth:`FakeArmState.set_quota`. Endpoint and deployment keys of the
+:meth:`FakeArmState.add_size`, :meth:`FakeArmState.set_quota`; compute clusters for jobs come from
+:meth:`FakeArmState.add_compute`, and submitted jobs are kept in :attr:`FakeArmState.jobs`. Endpoint and deployment keys of the
 dictionaries are lower-case (``state.deployments[("my-endpoint", "blue")]``).
 
 It also makes the tokens the fakes hand out: :func:`make_jwt` and :class:`FakeCredential`.
@@ -306,8 +307,14 @@ class FakeArmState:
         #: Whether deleting a deployment that has traffic is refused (Azure refuses it).
         self.refuse_delete_with_traffic = True
         self.requests: list[RecordedRequest] = []
-        self.assets: dict[str, dict[str, dict[str, Any]]] = {"models": {}, "codes": {}, "environments": {}}
-        self.versions: dict[str, dict[str, dict[str, dict[str, Any]]]] = {"models": {}, "codes": {}, "environments": {}}
+        self.assets: dict[str, dict[str, dict[str, Any]]] = {"models": {}, "codes": {}, "environments": {}, "components": {}}
+        self.versions: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+            "models": {}, "codes": {}, "environments": {}, "components": {}
+        }
+        #: Compute targets of the workspace by lower-case name (the resource JSON); see :meth:`add_compute`.
+        self.computes: dict[str, dict[str, Any]] = {}
+        #: Jobs by lower-case name (the resource JSON the last PUT left, with the fake's status).
+        self.jobs: dict[str, dict[str, Any]] = {}
         self.pending_uploads: dict[str, dict[str, str]] = {}
         self.endpoints: dict[str, EndpointRecord] = {}
         self.deployments: dict[tuple[str, str], DeploymentRecord] = {}
@@ -437,6 +444,40 @@ class FakeArmState:
         with self.lock:
             own = sum(record.vcpus_in_use for record in self.deployments.values() if record.family == family)
             return self.quota.get(family, {}).get("current", 0) + own
+
+    # -------------------------------------------------------------- compute targets
+
+    def add_compute(self, name: str, *, vm_size: str, max_instances: int = 4, min_instances: int = 0,
+                    kind: str = "AmlCompute") -> dict[str, Any]:
+        """A compute target of the workspace: an AmlCompute cluster of ``vm_size`` (``kind`` may be
+        ``ComputeInstance`` too), in the workspace's region. Returns its resource JSON."""
+        compute_id = f"{self.workspace_id}/computes/{name}"
+        properties: dict[str, Any] = {"vmSize": vm_size, "vmPriority": "Dedicated", "osType": "Linux"}
+        if kind == "AmlCompute":
+            properties.update({
+                "scaleSettings": {"maxNodeCount": int(max_instances), "minNodeCount": int(min_instances),
+                                  "nodeIdleTimeBeforeScaleDown": "PT2M"},
+                "currentNodeCount": 0, "targetNodeCount": 0, "allocationState": "Steady",
+                "remoteLoginPortPublicAccess": "NotSpecified", "enableNodePublicIp": True,
+            })
+        resource = {
+            "id": compute_id,
+            "name": name,
+            "type": f"{PROVIDER}/workspaces/computes",
+            "location": self.location,
+            "tags": {},
+            "properties": {
+                "computeType": kind,
+                "computeLocation": self.location,
+                "provisioningState": "Succeeded",
+                "description": None,
+                "disableLocalAuth": True,
+                "properties": properties,
+            },
+        }
+        with self.lock:
+            self.computes[name.lower()] = resource
+        return resource
 
     # -------------------------------------------------------------- lifecycle
 

@@ -30,7 +30,7 @@ from ...packaging import Package
 from ...serving_image import inference_config
 from .boundary import azure_errors
 
-__all__ = ["model_asset", "environment_asset", "code_folder", "folder_digest", "CONTENT_TAG"]
+__all__ = ["model_asset", "environment_asset", "serving_environment", "code_folder", "folder_digest", "CONTENT_TAG"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,27 @@ def model_asset(ml_client: Any, bundle: Package, *, asset_name: str) -> Optional
 
 def environment_asset(ml_client: Any, bundle: Package) -> str:
     """The environment id (``azureml:name:version``) for the package's serving environment."""
+    entity = serving_environment(bundle)
+    name, version = entity.name, entity.version
+    try:
+        with azure_errors(f"find the environment {name}:{version}"):
+            ml_client.environments.get(name=name, version=version)
+        logger.info("Environment %s:%s exists; reusing it.", name, version)
+        return f"azureml:{name}:{version}"
+    except Exception as exc:  # DeploymentNotFoundError for a 404; anything else is real
+        from ...errors import DeploymentNotFoundError
+
+        if not isinstance(exc, DeploymentNotFoundError):
+            raise
+    with azure_errors(f"register the environment {name}:{version}"):
+        registered = ml_client.environments.create_or_update(entity)
+    return f"azureml:{registered.name}:{registered.version}"
+
+
+def serving_environment(bundle: Package) -> Any:
+    """The package's serving environment as an azure-ai-ml ``Environment`` (not registered): its name and a
+    version derived from its content, so the same content is one environment (and one image build)
+    wherever it is used: an online deployment or a pipeline step."""
     from azure.ai.ml.entities import BuildContext, Environment
 
     folder = bundle.path / "environment"
@@ -109,19 +130,7 @@ def environment_asset(ml_client: Any, bundle: Package) -> str:
         conda = bundle.path / bundle.manifest.conda_file
         version = hashlib.sha256((bundle.manifest.image + "\n" + conda.read_text(encoding="utf-8")).encode()).hexdigest()[:16]
         entity = Environment(name=name, version=version, image=bundle.manifest.image, conda_file=str(conda), description=_env_description(bundle))
-    try:
-        with azure_errors(f"find the environment {name}:{version}"):
-            ml_client.environments.get(name=name, version=version)
-        logger.info("Environment %s:%s exists; reusing it.", name, version)
-        return f"azureml:{name}:{version}"
-    except Exception as exc:  # DeploymentNotFoundError for a 404; anything else is real
-        from ...errors import DeploymentNotFoundError
-
-        if not isinstance(exc, DeploymentNotFoundError):
-            raise
-    with azure_errors(f"register the environment {name}:{version}"):
-        registered = ml_client.environments.create_or_update(entity)
-    return f"azureml:{registered.name}:{registered.version}"
+    return entity
 
 
 @contextmanager

@@ -3,8 +3,8 @@
 # CPU-only machine. Idempotent: running it again only adds what is missing.
 #
 #   bash scripts/install.sh                      # .venv, the pinned development stack
-#   VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test \
-#       bash scripts/install.sh                   # the lowest supported serving stack
+#   VENV=.venv-oldest CONSTRAINTS=environments/constraints-oldest.txt EXTRAS=serve,diffusers,test AZURITE=0 \
+#       bash scripts/install.sh                   # the lowest supported serving stack (no Azurite)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +29,7 @@ fi
 # The Azure Storage emulator the Azure tests upload to (tests/azure/azurite.py looks here). 3.35.0 is the
 # newest Azurite that runs on Node 20; a project-local folder keeps it out of the system.
 AZURITE_VERSION=${AZURITE_VERSION:-3.35.0}
-if [ ! -x .node/node_modules/.bin/azurite ]; then
+if [ "${AZURITE:-1}" = 1 ] && [ ! -x .node/node_modules/.bin/azurite ]; then
     if command -v npm >/dev/null 2>&1; then
         npm install --no-audit --no-fund --silent --prefix .node "azurite@$AZURITE_VERSION"
     else

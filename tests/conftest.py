@@ -44,8 +44,13 @@ class Servers:
         return self._running[key]
 
     def stop_all(self) -> None:
-        for server in self._running.values():
-            server.stop()
+        """Stop every server at once (each drains its in-flight requests and exits on its own)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        servers = list(self._running.values())
+        if servers:
+            with ThreadPoolExecutor(len(servers)) as pool:
+                list(pool.map(lambda server: server.stop(), servers))
 
 
 @pytest.fixture(scope="session")

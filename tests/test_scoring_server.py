@@ -13,7 +13,7 @@ from PIL import Image
 
 from helpers import post, post_json
 
-pytestmark = pytest.mark.serving
+pytestmark = [pytest.mark.serving, pytest.mark.harness]  # the HTTP contract per task; loading every task on both stacks is tests/test_engine_plans.py
 
 
 def _check_envelope(body: dict, task: str, count: int) -> list:

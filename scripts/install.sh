@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 CONSTRAINTS=${CONSTRAINTS:-environments/constraints-dev.txt}
-EXTRAS=${EXTRAS:-serve,diffusers,azure,cost,test,mlflow,batch}
+EXTRAS=${EXTRAS:-serve,diffusers,azure,cost,test,clients,mlflow,batch}
 DEEPSPEED=${DEEPSPEED:-1}
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -20,10 +20,11 @@ DEEPSPEED=${DEEPSPEED:-1}
 # One resolver run for everything: azureml-inference-server-http and azure-ai-ml disagree on
 # OpenTelemetry when installed one after the other. torch==2.13.0 selects the CPU build on this
 # machine (a bare "torch" may pull a multi-GB CUDA build).
-"$VENV/bin/python" -m pip install --quiet -c "$CONSTRAINTS" torch==2.13.0 -e ".[$EXTRAS]"
+# --no-compile: modules are compiled when first imported, not all of them at install time.
+"$VENV/bin/python" -m pip install --quiet --no-compile -c "$CONSTRAINTS" torch==2.13.0 -e ".[$EXTRAS]"
 # DeepSpeed builds from source against the installed torch; no CUDA ops on a CPU machine.
 if [ "$DEEPSPEED" = 1 ] && ! "$VENV/bin/python" -c "import deepspeed" >/dev/null 2>&1; then
-    DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-build-isolation -c "$CONSTRAINTS" deepspeed
+    DS_BUILD_OPS=0 "$VENV/bin/python" -m pip install --quiet --no-compile --no-build-isolation -c "$CONSTRAINTS" deepspeed
 fi
 "$VENV/bin/python" -m pip check
 # The Azure Storage emulator the Azure tests upload to (tests/azure/azurite.py looks here). 3.35.0 is the

@@ -36,6 +36,7 @@ from typing import Any, Mapping, Optional, Union
 from ..errors import ConfigError, MissingDependencyError
 from ..models import ModelSource
 from ..packaging import MANIFEST_FILE, Package
+from ..targets.azureml.workspace import AZURE_INSTALL
 from .ordering import SCORES_FILE
 
 __all__ = [
@@ -53,7 +54,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AZURE_ML_INSTALL = 'pip install "mii-azure[azure]"'
+AZURE_ML_INSTALL = AZURE_INSTALL  # the Azure wing's install command
 #: The parallel job's entry script, written at the root of the component's code (it imports the package's
 #: own snapshot of mii_azure.pipeline.step; this module does not import that one, so that
 #: ``python -m mii_azure.pipeline.step`` finds it unimported).

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 
 from mii_azure.config import ServingSettings
 from mii_azure.errors import BadRequestError, RequestTimeoutError, ScoringError, ServiceUnavailableError
@@ -86,6 +87,57 @@ def test_a_mixed_greedy_workload_answers_as_each_request_would_alone(continuous,
     assert continuous.batcher.stats.steps - steps_before < generated, "decode steps served several sequences at once"
     assert continuous.batcher.stats.largest_batch > 1
     assert continuous.batcher.waiting == 0
+
+
+def test_with_prefill_in_passes_of_its_own_the_workload_answers_the_same(gpt2_dir, request_level):
+    engine = _engine(gpt2_dir)
+    engine.batcher.runner.fuses_prefill = False  # the path of families whose attention cannot be packed
+    try:
+        work = _mixed_workload(16, seed=1)
+        alone = [request_level.infer(_request(request_level, prompt, **parameters), Deadline(60)) for prompt, parameters in work]
+        prefills = engine.batcher.stats.prefills
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            together = list(pool.map(lambda item: engine.infer(_request(engine, item[0], **item[1]), Deadline(60)), work))
+        assert together == alone
+        assert engine.batcher.stats.prefills > prefills
+    finally:
+        engine.close()
+
+
+def test_a_fused_step_gives_the_logits_of_separate_passes(continuous):
+    """Rows join (one prompt longer than the batch's columns), decode, leave and join again: every
+    step's logits from fused passes equal those of separate prefill and decode passes."""
+    from mii_azure.runtime.generation.batch_cache import BatchCache
+
+    runner = continuous.batcher.runner
+    assert runner.fuses_prefill, continuous.scheduling_reason
+    assert "prefilled in the decode step's own pass" in continuous.scheduling_reason
+    encode = continuous.task.prompt_tokens
+    first, second, long, last = (encode(text) for text in ("the cat", "a dog sat", " ".join(WORDS[:12]), "birds"))
+    separate, fused = BatchCache(), BatchCache()
+    steps = []
+
+    logits, state = runner.prefill([first, second])
+    separate.join(state, [0, 1])
+    steps.append((logits, runner.step(fused, [], [first, second])[1]))
+    for token in (5, 6):
+        steps.append((runner.decode(separate, [token, token + 1]), runner.step(fused, [token, token + 1], [])[0]))
+    decoded = runner.decode(separate, [7, 8])
+    joined, state = runner.prefill([long])
+    separate.join(state, [0])
+    fused_decoded, fused_joined = runner.step(fused, [7, 8], [long])
+    steps += [(decoded, fused_decoded), (joined, fused_joined)]
+    for batch in (separate, fused):
+        assert batch.keep([0, 2]) == [0, 2]
+    decoded = runner.decode(separate, [9, 10])
+    joined, state = runner.prefill([last])
+    separate.join(state, [0])
+    fused_decoded, fused_joined = runner.step(fused, [9, 10], [last])
+    steps += [(decoded, fused_decoded), (joined, fused_joined)]
+    steps.append((runner.decode(separate, [11, 12, 13]), runner.step(fused, [11, 12, 13], [])[0]))
+    for index, (expected, got) in enumerate(steps):
+        assert got.shape == expected.shape, index
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (index, float((got - expected).abs().max()))
 
 
 def test_a_short_request_finishes_while_a_long_one_keeps_decoding(continuous):
@@ -235,15 +287,17 @@ def test_a_full_queue_is_503_and_a_failing_model_call_fails_only_its_requests(gp
             assert [answer.result(timeout=60)[0]["num_tokens"] for answer in accepted] == [60, 60]
 
         calls = []
-        original = engine.batcher.runner.prefill
+        runner = engine.batcher.runner
+        prefill = "step" if runner.fuses_prefill else "prefill"  # the pass that takes a joining prompt
+        original = getattr(runner, prefill)
 
-        def fail_once(prompts):
-            calls.append(prompts)
+        def fail_once(*args):
+            calls.append(args)
             if len(calls) == 1:
                 raise RuntimeError("tensor shapes disagree")
-            return original(prompts)
+            return original(*args)
 
-        monkeypatch.setattr(engine.batcher.runner, "prefill", fail_once)
+        monkeypatch.setattr(runner, prefill, fail_once)
         with pytest.raises(ScoringError, match="Scoring failed: RuntimeError: tensor shapes disagree"):
             engine.infer(_request(engine, "the cat"), Deadline(60))
         assert engine.infer(_request(engine, "the cat", max_new_tokens=3), Deadline(60))[0]["num_tokens"] == 3

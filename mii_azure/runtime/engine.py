@@ -229,7 +229,10 @@ def choose_scheduling(
     unsupported = runner.unsupported_reason()
     if unsupported:
         return None, f"{task.facts.name} cannot join and leave a running batch: {unsupported}"
-    return runner, "sequences join and leave the batch between decode steps"
+    fused = runner.fused_reason()
+    prefill = "joining prompts are prefilled in the decode step's own pass" if fused is None else (
+        f"prompts are prefilled in passes of their own, because {fused}")
+    return runner, f"sequences join and leave the batch between decode steps; {prefill}"
 
 
 def _continuous_batcher(

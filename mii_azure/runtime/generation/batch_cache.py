@@ -6,11 +6,15 @@ of ``[row slots, heads, columns, head_dim]``. Rows are right-aligned: every row'
 column ``end - 1`` and a decode step writes column ``end`` for all rows at once. A joining sequence
 is copied into the next free slot; a leaving one is replaced by the last row (one row copied). The
 buffers grow by doubling, and move left when the columns at the start are no longer used.
+
+A fused step (:mod:`.packed_attention`) writes the running rows' next column and whole joining
+prompts, right-aligned in new slots, in the same pass.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -35,6 +39,7 @@ class BatchCache:
         self._values: list[torch.Tensor] = []
         self._mask = torch.zeros((0, 0), dtype=torch.long)
         self._adding = 0  # tokens of the forward pass in progress
+        self._packed: Optional[_PackedWrite] = None  # the fused step in progress
         self.cache = DynamicCache()
         self.cache.layers = []
 
@@ -66,10 +71,76 @@ class BatchCache:
         return self._keys[layer][: self.rows, :, columns], self._values[layer][: self.rows, :, columns]
 
     def write(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._packed is not None:
+            return self._write_packed(self._packed, layer, keys, values)
         columns = slice(self.end, self.end + keys.shape[2])
         self._keys[layer][: self.rows, :, columns] = keys
         self._values[layer][: self.rows, :, columns] = values
         return self.views(layer)
+
+    # --- a fused step ----------------------------------------------------------------------------
+    @property
+    def allocated(self) -> bool:
+        return bool(self._keys)
+
+    def allocate_like(self, template: PaddedCache) -> None:
+        """Create the buffers with the layers, heads, head sizes, dtype and device of ``template``."""
+        if not self._keys:
+            self._allocate(list(template.cache.layers))
+
+    def begin_packed(self, prompt_lengths: list[int]) -> torch.Tensor:
+        """Make room for one more token per running row and for whole prompts of ``prompt_lengths``
+        tokens in new slots after them; the running rows' attention mask ``[rows, width + 1]``."""
+        longest = max(prompt_lengths, default=0)
+        if self.rows == 0:
+            self.end = self.start = 0
+        if longest > self.end + 1:
+            if self.start > 0:
+                self._shift_left(self.start)
+            self._shift_right(longest - self.end - 1)
+        self._reserve(self.rows + len(prompt_lengths), 1)
+        self._mask[: self.rows, self.end] = 1
+        for slot, length in enumerate(prompt_lengths, start=self.rows):
+            self._mask[slot].zero_()
+            self._mask[slot, self.end + 1 - length : self.end + 1] = 1
+            self._lengths[slot] = length
+        self._packed = _PackedWrite(self.rows, list(prompt_lengths))
+        self._adding = 1
+        return self._mask[: self.rows, self.start : self.end + 1]
+
+    def end_packed(self) -> None:
+        """The fused step wrote its tokens: the prompts are rows now, after the running ones."""
+        packed, self._packed = self._packed, None
+        if packed is None:
+            return
+        self._lengths[: packed.rows] += 1
+        self.end += 1
+        self._adding = 0
+        self.rows = packed.rows + len(packed.lengths)
+        if packed.lengths:
+            longest = self.end - max(packed.lengths)
+            self.start = min(self.start, longest) if packed.rows else longest
+
+    def abort_packed(self) -> None:
+        """The fused step failed: nothing it wrote counts (the running rows keep their columns)."""
+        if self._packed is not None:
+            self._mask[: self._packed.rows, self.end] = 0
+            self._packed = None
+            self._adding = 0
+
+    def _write_packed(
+        self, packed: "_PackedWrite", layer: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[1, kv_heads, tokens, d]`` of a fused step go to their rows' columns."""
+        rows, end = packed.rows, self.end
+        for store, new in ((self._keys[layer], keys), (self._values[layer], values)):
+            if rows:
+                store[:rows, :, end] = new[0, :, :rows].transpose(0, 1)
+            offset = rows
+            for slot, length in enumerate(packed.lengths, start=rows):
+                store[slot, :, end + 1 - length : end + 1] = new[0, :, offset : offset + length]
+                offset += length
+        return keys, values
 
     # --- rows joining and leaving --------------------------------------------------------------
     def join(self, prefilled: PaddedCache, rows: list[int]) -> None:
@@ -179,6 +250,12 @@ class BatchCache:
                 buffer[target, :, columns] = buffer[source, :, columns]
         self._mask[target] = self._mask[source]
         self._lengths[target] = self._lengths[source]
+
+
+@dataclass
+class _PackedWrite:
+    rows: int  # running rows, one token each, first in the packed sequence
+    lengths: list[int]  # the joining prompts after them
 
 
 class _SlotLayer(DynamicLayer):

@@ -2,7 +2,9 @@
 
 Between two decode steps, finished sequences leave the batch and waiting ones join: first their
 prefill (short prompts together, a long one in chunks of ``prefill_chunk_tokens`` so that it stalls
-the others' decoding for one chunk at a time), then decoding with the rest. A sequence is admitted
+the others' decoding for one chunk at a time), then decoding with the rest. Where the runner can
+(:attr:`CausalLMRunner.fuses_prefill`), short prompts are prefilled inside the next decode step's
+own forward pass instead of a pass of their own. A sequence is admitted
 while the batch has fewer than ``max_batch_size`` rows and the padded cache, rows times the longest
 sequence it may reach, stays within ``kv_cache_tokens``; otherwise it waits its turn, so nothing
 runs out of memory and nothing is dropped. Every sequence keeps its own sampling settings and random
@@ -210,18 +212,19 @@ class ContinuousBatcher:
                 if not self._take_requests(block=idle):
                     return
                 self._drop_abandoned()
+                joining: list[_Sequence] = []
                 try:
-                    self._prefill_step()
+                    joining = self._prefill_step()
                 except Exception as exc:  # a fault in one prefill fails only the sequences in it
                     logger.exception("Prefill failed")
                     self._fail_group(self._prefilling, exc)
                 self._prefilling = []
-                if self._running:
+                if self._running or joining:
                     try:
-                        self._decode_step()
-                    except Exception as exc:
+                        self._decode_step(joining)
+                    except Exception as exc:  # fails the sequences of that pass only
                         logger.exception("Decode step failed")
-                        self._fail_group(list(self._running), exc)
+                        self._fail_group(list(self._running) + joining, exc)
                         self._running, self._batch = [], BatchCache()
 
     def _take_requests(self, *, block: bool) -> bool:
@@ -326,13 +329,15 @@ class ContinuousBatcher:
         reach = max([s.reach for s in rows] + [sequence.reach])
         return (len(rows) + 1) * reach <= self.kv_cache_tokens
 
-    def _prefill_step(self) -> None:
-        """Prefill at most ``prefill_chunk_tokens`` of waiting prompts (or one chunk of a long one)."""
+    def _prefill_step(self) -> list[_Sequence]:
+        """Prefill at most ``prefill_chunk_tokens`` of waiting prompts (or one chunk of a long one).
+        When the runner fuses prefill into decode steps, whole prompts are not run here but returned,
+        to join the next step."""
         chunk = self.prefill_chunk_tokens
         if self._chunking is not None:
             self._prefilling = [self._chunking]
             self._extend_chunk(self._chunking)
-            return
+            return []
         group: list[_Sequence] = []
         while self._waiting_sequences:
             sequence = self._waiting_sequences[0]
@@ -351,10 +356,10 @@ class ContinuousBatcher:
                 self._prefilling = [sequence]
                 self._chunking = sequence
                 self._extend_chunk(sequence)
-                return
+                return []
             group.append(sequence)
-        if not group:
-            return
+        if not group or self.runner.fuses_prefill:
+            return group
         self._prefilling = group
         self._metrics.observe_batch(len(group), phase="prefill")
         logits, state = self.runner.prefill([s.prompt for s in group])
@@ -363,6 +368,7 @@ class ContinuousBatcher:
         for sequence in group:
             sequence.prefilled = len(sequence.prompt)
         self._start_decoding(group, logits, state)
+        return []
 
     def _extend_chunk(self, sequence: _Sequence) -> None:
         chunk = self.prefill_chunk_tokens
@@ -393,14 +399,32 @@ class ContinuousBatcher:
             self._batch.join(state, joining)
             self._running.extend(group[row] for row in joining)
 
-    def _decode_step(self) -> None:
-        self._metrics.observe_batch(len(self._running), phase="decode")
-        logits = self.runner.decode(self._batch, [sequence.last_token for sequence in self._running])
+    def _decode_step(self, joining: list[_Sequence]) -> None:
+        """One token for every running row; ``joining`` prompts (from a fusing runner) are prefilled in
+        the same pass and take their first token."""
+        running = self._running
+        if running:
+            self._metrics.observe_batch(len(running), phase="decode")
+        if joining:
+            self._metrics.observe_batch(len(joining), phase="prefill")
+        last_tokens = [sequence.last_token for sequence in running]
+        if self.runner.fuses_prefill:
+            decoded, prefilled = self.runner.step(self._batch, last_tokens, [sequence.prompt for sequence in joining])
+            logits = torch.cat([decoded, prefilled]) if joining else decoded
+        else:
+            logits = self.runner.decode(self._batch, last_tokens)
         with self._lock:
-            self.stats.steps += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(self._running))
-        tokens = self._choose(self._running, logits)
-        keep = [row for row, (sequence, token) in enumerate(zip(self._running, tokens)) if not self._advance(sequence, token)]
+            self.stats.steps += 1 if running else 0
+            self.stats.prefills += 1 if joining else 0
+            self.stats.largest_batch = max(self.stats.largest_batch, len(running))
+        if joining:
+            now = time.perf_counter()
+            for sequence in joining:
+                sequence.prefilled = len(sequence.prompt)
+                self._metrics.observe_first_token(now - sequence.request.submitted)
+            self._running = running = running + joining  # the batch holds them in this order now
+        tokens = self._choose(running, logits)
+        keep = [row for row, (sequence, token) in enumerate(zip(running, tokens)) if not self._advance(sequence, token)]
         self._keep_rows(keep)
 
     def _keep_rows(self, keep: list[int]) -> None:

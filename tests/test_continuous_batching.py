@@ -140,6 +140,40 @@ def test_a_fused_step_gives_the_logits_of_separate_passes(continuous):
         assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (index, float((got - expected).abs().max()))
 
 
+def test_a_fused_step_at_the_end_of_the_buffer_moves_the_rows_before_a_long_prompt_joins(continuous):
+    """The rows' columns reach the end of the cache buffer, with unused columns at its start (the
+    longest row left): the joining prompt, longer than the columns left after the move, still lands
+    whole and every row's next logits equal those of separate passes."""
+    from mii_azure.runtime.generation.batch_cache import BatchCache
+
+    runner = continuous.batcher.runner
+    encode = continuous.task.prompt_tokens
+    first, second = encode(" ".join(WORDS[:8])), encode("the")
+    separate, fused = BatchCache(), BatchCache()
+    _, state = runner.prefill([first, second])
+    separate.join(state, [0, 1])
+    runner.step(fused, [], [first, second])
+    capacity = 64  # the buffers' first width
+    for step in range(capacity - len(first)):
+        expected, got = runner.decode(separate, [3, 4]), runner.step(fused, [3, 4], [])[0]
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    for batch in (separate, fused):
+        batch.keep([1])  # the longer row leaves: the columns before the short one's are unused
+    assert fused.start > 0 and fused.end == capacity
+    # Longer than the columns the rows will end at once moved left, yet short enough for the
+    # columns before the next one as they are now.
+    joining = encode(" ".join(WORDS * 4))[: capacity - fused.start + 2]
+    assert capacity - fused.start < len(joining) <= capacity + 1
+    expected = runner.decode(separate, [5])
+    joined, state = runner.prefill([joining])
+    separate.join(state, [0])
+    got, fused_joined = runner.step(fused, [5], [joining])
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(fused_joined, joined, atol=1e-4, rtol=1e-4)
+    expected, got = runner.decode(separate, [6, 7]), runner.step(fused, [6, 7], [])[0]
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_a_short_request_finishes_while_a_long_one_keeps_decoding(continuous):
     finished: dict[str, float] = {}
 

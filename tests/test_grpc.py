@@ -317,7 +317,8 @@ def test_unexpected_failure_is_internal_with_the_http_message(served, monkeypatc
     def explode(*args, **kwargs):
         raise RuntimeError("tensor shapes disagree")
 
-    monkeypatch.setattr(gpt2.service.engine.batcher.runner, "prefill", explode)  # continuous batching's model call
+    for call in ("prefill", "step"):  # continuous batching's model calls that take a new prompt
+        monkeypatch.setattr(gpt2.service.engine.batcher.runner, call, explode)
     _, http_message = _http_error(gpt2.service, {"query": "the cat"})
     status, message = _grpc_error(lambda: _infer(gpt2, {"query": ["the cat"]}))
     assert (status, message) == ("StatusCode.INTERNAL", http_message)

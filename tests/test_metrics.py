@@ -269,17 +269,18 @@ def test_continuous_batching_reports_first_tokens_generated_tokens_batches_and_k
         reach = len(engine.task.prompt_tokens(prompt)) + new_tokens
         runner = engine.batcher.runner
         seen: list[Samples] = []
-        original = runner.decode
+        call = "step" if runner.fuses_prefill else "decode"  # the pass of every decode step
+        original = getattr(runner, call)
 
         def decode(*args, **kwargs):
             seen.append(_current())
             return original(*args, **kwargs)
 
-        runner.decode = decode
+        setattr(runner, call, decode)
         try:
             engine.infer(ScoringRequest([prompt], task.parse_parameters({"max_new_tokens": new_tokens})), Deadline(60))
         finally:
-            del runner.decode
+            delattr(runner, call)
         assert len(seen) > 2
         for step in seen[1:]:
             assert _value(step, "mii_azure_kv_cache_used_tokens") == reach

@@ -73,7 +73,8 @@ def test_unexpected_failure_is_500_without_stack_trace(gpt2, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("tensor shapes disagree")
 
-    monkeypatch.setattr(gpt2.engine.batcher.runner, "prefill", explode)  # continuous batching's model call
+    for call in ("prefill", "step"):  # continuous batching's model calls that take a new prompt
+        monkeypatch.setattr(gpt2.engine.batcher.runner, call, explode)
     reply = gpt2.handle_http("POST", lambda n: b'{"query": "the cat"}', None)
     assert reply.status == 500
     assert reply.body == {"error": {"code": "internal_error", "message": "Scoring failed: RuntimeError: tensor shapes disagree"}}

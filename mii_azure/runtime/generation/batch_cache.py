@@ -94,11 +94,14 @@ class BatchCache:
         longest = max(prompt_lengths, default=0)
         if self.rows == 0:
             self.end = self.start = 0
+        # After this step the rows end at column end + 1, and a prompt fills the columns before it. Move
+        # left first (unused columns at the start, or no room for that column), then right if a prompt
+        # is longer than the columns before it.
+        if self.start > 0 and (longest > self.end + 1 or self.end + 1 > self._mask.shape[1]):
+            self._shift_left(self.start)
         if longest > self.end + 1:
-            if self.start > 0:
-                self._shift_left(self.start)
             self._shift_right(longest - self.end - 1)
-        self._reserve(self.rows + len(prompt_lengths), 1)
+        self._grow(self.rows + len(prompt_lengths), self.end + 1)
         self._mask[: self.rows, self.end] = 1
         for slot, length in enumerate(prompt_lengths, start=self.rows):
             self._mask[slot].zero_()

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mii_azure.config import ServingSettings
 from mii_azure.errors import BadRequestError, RequestTimeoutError, ScoringError, ServiceUnavailableError
@@ -172,6 +174,77 @@ def test_a_fused_step_at_the_end_of_the_buffer_moves_the_rows_before_a_long_prom
     assert torch.allclose(fused_joined, joined, atol=1e-4, rtol=1e-4)
     expected, got = runner.decode(separate, [6, 7]), runner.step(fused, [6, 7], [])[0]
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+_BATCH_EVENTS = st.lists(
+    st.one_of(
+        st.tuples(st.just("join"), st.lists(st.integers(1, 70), min_size=1, max_size=3)),
+        st.tuples(st.just("decode"), st.integers(1, 40)),
+        st.tuples(st.just("leave"), st.integers(0, 7)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=_BATCH_EVENTS)
+def test_fused_steps_give_the_logits_of_separate_passes_whatever_joins_and_leaves(continuous, events):
+    """Rows join (prompts of 1 to 70 tokens), decode and leave in any order, across the buffers'
+    growth and moves: the fused steps' logits equal the separate passes' at every step."""
+    from mii_azure.runtime.generation.batch_cache import BatchCache
+
+    runner = continuous.batcher.runner
+    separate, fused = BatchCache(), BatchCache()
+    lengths: list[int] = []  # each running row's tokens so far
+    token = 0
+
+    def next_tokens(count: int) -> list[int]:
+        nonlocal token
+        token += count
+        return [(token + row) % 50 + 1 for row in range(count)]
+
+    for kind, value in events:
+        if kind == "leave":
+            if lengths:
+                keep = [row for row in range(len(lengths)) if row != value % len(lengths)]
+                assert separate.keep(keep) == fused.keep(keep)
+                lengths = [lengths[row] for row in separate_order(keep, len(lengths))]
+            continue
+        steps = [()] * value if kind == "decode" else [tuple(value)]
+        for joining in steps:
+            if max(lengths + [0]) + 1 + len(joining) > 250 or max(list(joining) + [0]) + 1 > 250:
+                break
+            prompts = [next_tokens(length) for length in joining]
+            if len(lengths) + len(prompts) > 8:
+                prompts = prompts[: 8 - len(lengths)]
+            if not lengths and not prompts:
+                break  # nothing to run (the scheduler makes no such step)
+            tokens = next_tokens(len(lengths))
+            expected = runner.decode(separate, tokens) if lengths else None
+            got, got_prompts = runner.step(fused, tokens, prompts)
+            if expected is not None:
+                assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+            for prompt, got_prompt in zip(prompts, got_prompts):
+                joined, state = runner.prefill([prompt])
+                separate.join(state, [0])
+                assert torch.allclose(got_prompt, joined[0], atol=1e-4, rtol=1e-4)
+            lengths = [length + 1 for length in lengths] + [len(prompt) for prompt in prompts]
+            assert separate.rows == fused.rows == len(lengths)
+
+
+def separate_order(keep: list[int], rows: int) -> list[int]:
+    """The old row index in each slot after ``BatchCache.keep(keep)`` (the last row fills a gap)."""
+    order = list(range(rows))
+    slot = 0
+    while slot < len(order):
+        if order[slot] in keep:
+            slot += 1
+            continue
+        if slot != len(order) - 1:
+            order[slot] = order[-1]
+        order.pop()
+    return order
 
 
 def test_a_short_request_finishes_while_a_long_one_keeps_decoding(continuous):

@@ -56,20 +56,23 @@ class CausalLMRunner:
         if self._template is None:
             self.unsupported_reason()
         self._head = _OutputHead.matching(self.model)
+        vocabulary = getattr(self.model.get_input_embeddings(), "num_embeddings", 16)
+        ids = [token % vocabulary for token in range(1, 15)]
+        two, third_prompt = [ids[0:3], ids[3:5]], [ids[7:11]]
         try:
             register()
             separate = BatchCache()
-            first, state = self.prefill([[1, 2, 3], [4, 5]])
+            first, state = self.prefill(two)
             separate.join(state, [0, 1])
-            second = self.decode(separate, [6, 7])
-            third, joining = self.prefill([[8, 9, 10, 11]])
+            second = self.decode(separate, ids[5:7])
+            third, joining = self.prefill(third_prompt)
             separate.join(joining, [0])
-            fourth = self.decode(separate, [12, 13, 14])
+            fourth = self.decode(separate, ids[11:14])
 
             fused = BatchCache()
-            _, fused_first = self.step(fused, [], [[1, 2, 3], [4, 5]])
-            fused_second, fused_third = self.step(fused, [6, 7], [[8, 9, 10, 11]])
-            fused_fourth, _ = self.step(fused, [12, 13, 14], [])
+            _, fused_first = self.step(fused, [], two)
+            fused_second, fused_third = self.step(fused, ids[5:7], third_prompt)
+            fused_fourth, _ = self.step(fused, ids[11:14], [])
         except Exception as exc:  # any failure keeps the separate passes, which are known to work
             return f"a fused step failed on a tiny input ({type(exc).__name__}: {exc})"
         for name, expected, got in (("prefill", first, fused_first), ("decode", second, fused_second),

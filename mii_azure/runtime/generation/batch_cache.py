@@ -55,7 +55,7 @@ class BatchCache:
 
     def begin_step(self) -> torch.Tensor:
         """Make room for one more token per row; the attention mask of that step, ``[rows, width + 1]``."""
-        self._reserve(self.rows, 1)
+        self._make_room(self.rows, 0, adding=1)
         self._mask[: self.rows, self.end] = 1
         self._adding = 1
         return self._mask[: self.rows, self.start : self.end + 1]
@@ -85,28 +85,15 @@ class BatchCache:
 
     def allocate_like(self, template: PaddedCache) -> None:
         """Create the buffers with the layers, heads, head sizes, dtype and device of ``template``."""
-        if not self._keys:
-            self._allocate(list(template.cache.layers))
+        self._allocate(list(template.cache.layers))
 
     def begin_packed(self, prompt_lengths: list[int]) -> torch.Tensor:
         """Make room for one more token per running row and for whole prompts of ``prompt_lengths``
         tokens in new slots after them; the running rows' attention mask ``[rows, width + 1]``."""
-        longest = max(prompt_lengths, default=0)
-        if self.rows == 0:
-            self.end = self.start = 0
-        # After this step the rows end at column end + 1, and a prompt fills the columns before it. Move
-        # left first (unused columns at the start, or no room for that column), then right if a prompt
-        # is longer than the columns before it.
-        if self.start > 0 and (longest > self.end + 1 or self.end + 1 > self._mask.shape[1]):
-            self._shift_left(self.start)
-        if longest > self.end + 1:
-            self._shift_right(longest - self.end - 1)
-        self._grow(self.rows + len(prompt_lengths), self.end + 1)
+        self._make_room(self.rows + len(prompt_lengths), max(prompt_lengths, default=0), adding=1)
         self._mask[: self.rows, self.end] = 1
         for slot, length in enumerate(prompt_lengths, start=self.rows):
-            self._mask[slot].zero_()
-            self._mask[slot, self.end + 1 - length : self.end + 1] = 1
-            self._lengths[slot] = length
+            self._place(slot, length, self.end + 1)
         self._packed = _PackedWrite(self.rows, list(prompt_lengths))
         self._adding = 1
         return self._mask[: self.rows, self.start : self.end + 1]
@@ -153,24 +140,15 @@ class BatchCache:
             self._allocate(layers)
         lengths = prefilled.lengths()
         longest = int(lengths[rows].max())
-        if self.rows == 0:
-            self.end = self.start = 0
-        if longest > self.end:
-            if self.start > 0:
-                self._shift_left(self.start)
-            self._shift_right(longest - self.end)
-        self._reserve(self.rows + len(rows), 0)
+        self._make_room(self.rows + len(rows), longest, adding=0)
         width = prefilled.width
         for slot, row in enumerate(rows, start=self.rows):
             length = int(lengths[row])
-            target = slice(self.end - length, self.end)
+            target = self._place(slot, length, self.end)
             source = slice(width - length, width)
             for index, layer in enumerate(layers):
                 self._keys[index][slot, :, target] = layer.keys[row, :, source]
                 self._values[index][slot, :, target] = layer.values[row, :, source]
-            self._mask[slot].zero_()
-            self._mask[slot, target] = 1
-            self._lengths[slot] = length
         self.rows += len(rows)
         self.start = min(self.start, self.end - longest) if self.rows > len(rows) else self.end - longest
 
@@ -192,6 +170,26 @@ class BatchCache:
         self.start = self.end - int(self._lengths[: self.rows].max()) if self.rows else self.end
         return order
 
+    def _make_room(self, rows: int, longest: int, *, adding: int) -> None:
+        """Slots for ``rows`` rows, and columns for the rows to end ``adding`` columns after :attr:`end`
+        with a new row of ``longest`` tokens before that end: move left first (unused columns at the
+        start, or no room for the new end), then right if the new row is longer than the columns before it."""
+        if self.rows == 0:
+            self.end = self.start = 0
+        if self.start > 0 and (longest > self.end + adding or self.end + adding > self._mask.shape[1]):
+            self._shift_left(self.start)
+        if longest > self.end + adding:
+            self._shift_right(longest - self.end - adding)
+        self._grow(rows, self.end + adding)
+
+    def _place(self, slot: int, length: int, end: int) -> slice:
+        """Mark ``slot`` as a row of ``length`` tokens ending before column ``end``; its columns."""
+        columns = slice(end - length, end)
+        self._mask[slot].zero_()
+        self._mask[slot, columns] = 1
+        self._lengths[slot] = length
+        return columns
+
     # --- storage -------------------------------------------------------------------------------
     def _allocate(self, layers: list[Any]) -> None:
         self._mask = torch.zeros((_FIRST_ROWS, _FIRST_COLUMNS), dtype=torch.long, device=layers[0].keys.device)
@@ -202,12 +200,6 @@ class BatchCache:
             self._keys.append(layer.keys.new_zeros((_FIRST_ROWS, heads, _FIRST_COLUMNS, key_dim)))
             self._values.append(layer.values.new_zeros((_FIRST_ROWS, heads, _FIRST_COLUMNS, value_dim)))
             self.cache.layers.append(_SlotLayer(self, index))
-
-    def _reserve(self, rows: int, columns: int) -> None:
-        """Room for ``rows`` slots and ``columns`` more columns after ``end``."""
-        if self.end + columns > self._mask.shape[1] and self.start > 0:
-            self._shift_left(self.start)
-        self._grow(rows, self.end + columns)
 
     def _reserve_columns(self, columns: int) -> None:
         self._grow(self.rows, columns)

@@ -28,7 +28,8 @@ class CausalLMRunner:
     def __init__(self, model: Any, *, max_positions: Optional[int]) -> None:
         self.model = model
         self.max_positions = max_positions
-        self.device = next(model.parameters()).device
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
         accepted = inspect.signature(model.forward).parameters
         self._takes_positions = "position_ids" in accepted
         self._takes_cache_position = "cache_position" in accepted
@@ -53,8 +54,6 @@ class CausalLMRunner:
         self.fuses_prefill = False
         if not self._takes_positions:
             return "its forward pass takes no position ids"
-        if self._template is None:
-            self.unsupported_reason()
         self._head = _OutputHead.matching(self.model)
         vocabulary = getattr(self.model.get_input_embeddings(), "num_embeddings", 16)
         ids = [token % vocabulary for token in range(1, 15)]
@@ -88,7 +87,7 @@ class CausalLMRunner:
         each prompt ``[prompts, vocab]``."""
         if not batch.allocated:
             if self._template is None:
-                self.unsupported_reason()
+                self.unsupported_reason()  # keeps its one-token cache as the template
             batch.allocate_like(self._template)  # type: ignore[arg-type]
         rows, lengths = len(tokens), [len(prompt) for prompt in prompts]
         positions = batch.lengths().tolist() + [index for length in lengths for index in range(length)]
@@ -102,8 +101,7 @@ class CausalLMRunner:
         try:
             bias = None
             if rows:
-                dtype = next(self.model.parameters()).dtype
-                bias = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill_(mask == 0, float("-inf"))
+                bias = torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill_(mask == 0, float("-inf"))
                 bias = bias[:, None, None, :]
             kwargs: dict[str, Any] = {"input_ids": ids, self._cache_name: batch.cache, "use_cache": True,
                                       "position_ids": torch.tensor([positions], dtype=torch.long, device=self.device)}

@@ -15,19 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-#: The test files that take longest (a minute or more on CI's 2 cores), collected first: with several
-#: pytest-xdist workers (a file per worker at a time) none of them then starts last and runs alone.
-LONGEST_FIRST = (
-    "test_tensor_parallel.py", "test_deploy_to_azureml.py", "test_local_harness.py", "test_rollouts.py",
-    "test_zero_inference.py", "test_load.py", "test_batch_score.py", "test_notebooks.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable within a file
-
-
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every tiny model of the factory, built once, by name; plus the real MiniLM as "minilm"."""
